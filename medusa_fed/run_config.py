@@ -1,0 +1,188 @@
+"""The coordinator's run configuration, validated once at the entry point.
+
+Flower hands the ServerApp ``context.run_config`` (the ``[tool.flwr.app.config]`` table, kebab-case
+keys); the simulation CLI builds the same mapping from its flags. :meth:`RunConfig.from_mapping` is
+the only place that reads those raw keys; everything deeper takes the frozen dataclass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Literal, get_args
+
+from medusa_fed.errors import ConfigError
+
+Method = Literal["full", "lora", "ia3"]
+Family = Literal["encoder-classifier", "causal-lm"]
+Policy = Literal["proportional", "argmax", "balanced"]
+Unselected = Literal["random", "frozen"]
+MERGE_METHODS = (
+    "medusa", "linear", "task_arithmetic", "ties", "dare_linear", "dare_task_arithmetic", "dare_ties"
+)
+
+
+@dataclass(frozen=True)
+class MergeChoice:
+    """One merge method with its settings, parsed from ``name[:key=value...]``.
+
+    Examples: ``medusa``, ``ties:density=0.2:scale=1.0``, ``dare_ties:drop_rate=0.9``.
+    """
+
+    method: str
+    params: tuple[tuple[str, float], ...] = ()
+
+    @classmethod
+    def parse(cls, text: str) -> MergeChoice:
+        name, *parts = [p.strip() for p in text.strip().split(":")]
+        name = name.replace("-", "_")
+        if name not in MERGE_METHODS:
+            raise ConfigError(
+                f"unknown merge method {name!r}; expected one of {', '.join(MERGE_METHODS)}"
+            )
+        params: list[tuple[str, float]] = []
+        for part in parts:
+            key, sep, value = part.partition("=")
+            key = key.strip().replace("-", "_")
+            if not sep or key not in ("scale", "density", "drop_rate", "seed"):
+                raise ConfigError(
+                    f"merge setting {part!r} in {text!r}: expected key=value with key one of "
+                    "scale, density, drop_rate, seed"
+                )
+            try:
+                params.append((key, float(value)))
+            except ValueError:
+                raise ConfigError(f"merge setting {part!r} in {text!r}: value is not a number")
+        return cls(name, tuple(params))
+
+    @property
+    def label(self) -> str:
+        """A name for tables and directories: ``ties`` or ``ties(density=0.1)``."""
+        if not self.params:
+            return self.method
+        inner = ",".join(f"{k}={v:g}" for k, v in self.params)
+        return f"{self.method}({inner})"
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything the coordinator decides for a run (team-side choices live in each node config)."""
+
+    model: str = "all-MiniLM-L6-v2"  # bundled model name or a local Hugging Face directory
+    model_family: Family = "encoder-classifier"
+    method: Method = "full"  # full fine-tuning, or PEFT LoRA / IA3 adapters
+    probe_epochs: float = 1.0  # the paper's probe: one epoch from the base
+    probe_max_steps: int = 0  # > 0 caps the probe (overrides probe_epochs)
+    probe_density: float = 0.2  # top-d fraction of each tensor's probe delta sent to the coordinator
+    assignment: Policy = "proportional"  # GPA owner draw (paper); argmax; balanced shares
+    unselected: Unselected = "random"  # elements no probe selected: random owner, or stay at base
+    merge: MergeChoice = MergeChoice("medusa")  # the run's main merge
+    compare: tuple[MergeChoice, ...] = ()  # post-hoc baselines merged from unmasked branches too
+    epochs: float = 2.0  # masked fine-tuning budget per team
+    max_steps: int = 0  # > 0 caps fine-tuning steps (overrides epochs)
+    lr: float = 0.0  # 0 = the method's default learning rate
+    batch_size: int = 16
+    max_length: int = 128
+    max_train: int = 1000  # examples per team (a team's node config may lower it)
+    max_eval: int = 500
+    eval_before: bool = True  # also measure the floor: base encoder + a head trained alone
+    min_teams: int = 2  # fewer usable teams than this stops the run with an error
+    stage_timeout_s: float = 3600.0  # how long each stage waits for replies
+    seed: int = 0
+    out_dir: str = "runs/latest"
+
+    def __post_init__(self) -> None:
+        def choice(name: str, value: object, allowed: tuple[str, ...]) -> None:
+            if value not in allowed:
+                raise ConfigError(f"{name}: expected one of {', '.join(allowed)}, found {value!r}")
+
+        choice("model-family", self.model_family, get_args(Family))
+        choice("method", self.method, get_args(Method))
+        choice("assignment", self.assignment, get_args(Policy))
+        choice("unselected", self.unselected, get_args(Unselected))
+        if not 0.0 < self.probe_density <= 1.0:
+            raise ConfigError(f"probe-density must be in (0, 1], found {self.probe_density}")
+        for name in ("probe_epochs", "epochs"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name.replace('_', '-')} must be > 0, found {getattr(self, name)}")
+        for name in ("batch_size", "max_length", "max_train", "max_eval", "min_teams"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name.replace('_', '-')} must be >= 1, found {getattr(self, name)}")
+        if self.stage_timeout_s <= 0:
+            raise ConfigError(f"stage-timeout-s must be > 0, found {self.stage_timeout_s}")
+        if self.lr < 0:
+            raise ConfigError(f"lr must be >= 0 (0 = method default), found {self.lr}")
+        if self.merge.method != "medusa" and self.compare:
+            raise ConfigError(
+                f"merge = {self.merge.label!r} already runs without ownership; 'compare' is only "
+                "for comparing post-hoc baselines against merge = medusa"
+            )
+
+    @property
+    def uses_ownership(self) -> bool:
+        """Medusa mode (probe, assign, masked training) versus a pure post-hoc baseline run."""
+        return self.merge.method == "medusa"
+
+    @property
+    def needs_free_branches(self) -> bool:
+        """Whether teams must also fine-tune unmasked (baseline mode or baselines compared)."""
+        return not self.uses_ownership or bool(self.compare)
+
+    @classmethod
+    def from_mapping(cls, raw: Mapping[str, Any]) -> RunConfig:
+        """Build from kebab-case keys (Flower run config or CLI); unknown keys are an error."""
+        known = {f.name.replace("_", "-"): f for f in fields(cls)}
+        unknown = sorted(k for k in raw if k not in known)
+        if unknown:
+            raise ConfigError(
+                f"unknown run-config keys {unknown}; expected some of {sorted(known)}"
+            )
+        kwargs: dict[str, Any] = {}
+        for key, value in raw.items():
+            f = known[key]
+            default = f.default
+            try:
+                if f.name == "merge":
+                    kwargs[f.name] = MergeChoice.parse(str(value))
+                elif f.name == "compare":
+                    items = value if isinstance(value, (list, tuple)) else str(value).split(",")
+                    kwargs[f.name] = tuple(MergeChoice.parse(s) for s in items if str(s).strip())
+                elif isinstance(default, bool):
+                    kwargs[f.name] = _parse_bool(key, value)
+                elif isinstance(default, int):
+                    kwargs[f.name] = int(value)
+                elif isinstance(default, float):
+                    kwargs[f.name] = float(value)
+                else:
+                    kwargs[f.name] = str(value)
+            except (TypeError, ValueError) as exc:
+                if isinstance(exc, ConfigError):
+                    raise
+                raise ConfigError(f"{key}: cannot use {value!r} ({exc})") from exc
+        return cls(**kwargs)
+
+    def to_mapping(self) -> dict[str, Any]:
+        """The kebab-case mapping (JSON-able) that :meth:`from_mapping` reads back."""
+        out: dict[str, Any] = {}
+        for key, value in asdict(self).items():
+            if key == "merge":
+                value = _choice_text(self.merge)
+            elif key == "compare":
+                value = ",".join(_choice_text(c) for c in self.compare)
+            out[key.replace("_", "-")] = value
+        return out
+
+
+def _choice_text(c: MergeChoice) -> str:
+    return ":".join([c.method, *(f"{k}={v:g}" for k, v in c.params)])
+
+
+def _parse_bool(key: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{key}: expected true or false, found {value!r}")
