@@ -1,0 +1,209 @@
+"""Merge branch deltas into the base, one tensor at a time.
+
+``deltas`` is ``branch -> tensor name -> dense delta (tuned - base)``. The inner mappings may be
+lazy (read from disk on ``__getitem__``, mergekit style): each tensor's deltas are fetched, merged
+and dropped before the next, so memory stays near ``(branches + 2) x`` the largest tensor (plus
+the merged state being returned). A branch that omits a tensor has a zero delta there.
+
+Every method accumulates in fp32 over the branches in sorted-name order and casts the result to the
+base tensor's dtype: ``merged = (base.float() + delta).to(base.dtype)``. See
+:mod:`medusa_fed.merging.methods` for each method's exact semantics.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Collection, Iterable, Mapping
+from dataclasses import asdict, replace
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from medusa_fed.errors import MergeError
+from medusa_fed.merging.methods import baseline_delta, medusa_delta
+from medusa_fed.merging.report import TensorReport, summarize
+from medusa_fed.merging.spec import MergeSpec
+
+logger = logging.getLogger(__name__)
+
+
+def _branch_deltas(
+    name: str, base: torch.Tensor, deltas: Mapping[str, torch.Tensor]
+) -> list[tuple[str, torch.Tensor]]:
+    """Validated ``(branch, fp32 delta)`` pairs in sorted branch order."""
+    out: list[tuple[str, torch.Tensor]] = []
+    for branch in sorted(deltas):
+        d = deltas[branch]
+        if tuple(d.shape) != tuple(base.shape):
+            raise MergeError(
+                f"{name}: branch {branch!r} sent a delta of shape {tuple(d.shape)}, expected the "
+                f"base's shape {tuple(base.shape)}; merge aborted, nothing written"
+            )
+        d = d.detach().to(device=base.device, dtype=torch.float32)
+        if not bool(torch.isfinite(d).all()):
+            bad = int((~torch.isfinite(d)).sum())
+            raise MergeError(
+                f"{name}: branch {branch!r} sent {bad:,} NaN/Inf delta value(s), expected finite "
+                "values; merge aborted, nothing written"
+            )
+        out.append((branch, d))
+    return out
+
+
+def merge_tensor_with_report(
+    name: str,
+    base: torch.Tensor,
+    deltas: Mapping[str, torch.Tensor],
+    spec: MergeSpec,
+    uncontrolled: Collection[str] = (),
+    num_branches: int | None = None,
+) -> tuple[torch.Tensor, TensorReport]:
+    """:func:`merge_tensor` plus its :class:`TensorReport`."""
+    pairs = _branch_deltas(name, base, deltas)
+    n = len(pairs) if num_branches is None else num_branches
+    if n < max(1, len(pairs)):
+        raise MergeError(
+            f"{name}: num_branches={num_branches} but {len(pairs)} branch(es) sent this tensor; "
+            "expected at least that many"
+        )
+    if spec.method == "medusa":
+        acc, report = medusa_delta(name, pairs, base, spec.scale, frozenset(uncontrolled))
+    else:
+        acc, report = baseline_delta(name, pairs, base, spec, n)
+    del pairs
+    acc.add_(base.detach().to(torch.float32))  # acc + base == base + acc, bit for bit
+    merged = acc.to(base.dtype)
+    changed = int((merged != base).sum())
+    return merged, replace(report, changed=changed)
+
+
+def merge_tensor(
+    name: str,
+    base: torch.Tensor,
+    deltas: Mapping[str, torch.Tensor],
+    spec: MergeSpec,
+    uncontrolled: Collection[str] = (),
+    num_branches: int | None = None,
+) -> torch.Tensor:
+    """Merge one tensor's branch deltas into ``base`` (returns a new tensor in ``base``'s dtype).
+
+    name : str
+        Tensor name (error messages, DARE seeds).
+    base : torch.Tensor
+        The base tensor; not modified.
+    deltas : Mapping[str, torch.Tensor]
+        Branch name -> delta of this tensor, same shape as ``base`` (converted to fp32).
+    spec : MergeSpec
+        Method and settings.
+    uncontrolled : Collection[str] (default: ())
+        Branches that trained without an ownership mask (``medusa`` only; other methods treat all
+        branches alike).
+    num_branches : int | None (default: None)
+        Branches in the whole merge, including those that omitted this tensor (``linear``'s mean
+        divides by it); ``None`` means ``len(deltas)``.
+    """
+    return merge_tensor_with_report(name, base, deltas, spec, uncontrolled, num_branches)[0]
+
+
+def _check_branches(
+    base: Mapping[str, torch.Tensor],
+    deltas: Mapping[str, Mapping[str, torch.Tensor]],
+    uncontrolled: Collection[str],
+) -> None:
+    if not deltas:
+        raise MergeError("expected at least one branch delta to merge, found none")
+    unknown = sorted(set(uncontrolled) - set(deltas))
+    if unknown:
+        raise MergeError(
+            f"uncontrolled branch(es) {unknown} are not among the branches {sorted(deltas)}; "
+            "merge aborted"
+        )
+    for branch in sorted(deltas):
+        extra = sorted(set(deltas[branch]) - set(base))
+        if extra:
+            raise MergeError(
+                f"branch {branch!r} sent {len(extra)} tensor(s) the base does not have "
+                f"(e.g. {extra[:3]}); expected only shared tensors; merge aborted"
+            )
+
+
+def _stream(
+    base: Mapping[str, torch.Tensor],
+    deltas: Mapping[str, Mapping[str, torch.Tensor]],
+    spec: MergeSpec,
+    uncontrolled: Collection[str],
+    progress: bool,
+) -> Iterable[tuple[str, torch.Tensor, TensorReport]]:
+    _check_branches(base, deltas, uncontrolled)
+    if uncontrolled and spec.method != "medusa":
+        logger.info("merge: %s treats uncontrolled branches like the others", spec.method)
+    names = list(base)
+    bar = tqdm(names, desc=f"merge ({spec.method})", unit="tensor", disable=not progress)
+    for name in bar:
+        per_branch = {b: deltas[b][name] for b in deltas if name in deltas[b]}
+        merged, report = merge_tensor_with_report(
+            name, base[name], per_branch, spec, uncontrolled, len(deltas)
+        )
+        del per_branch
+        yield name, merged, report
+
+
+def merge_states_with_report(
+    base: Mapping[str, torch.Tensor],
+    deltas: Mapping[str, Mapping[str, torch.Tensor]],
+    spec: MergeSpec,
+    uncontrolled: Collection[str] = (),
+    progress: bool = False,
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """:func:`merge_states` plus the JSON-able report of :func:`merge_report`."""
+    merged: dict[str, torch.Tensor] = {}
+    reports: dict[str, TensorReport] = {}
+    for name, tensor, report in _stream(base, deltas, spec, uncontrolled, progress):
+        merged[name], reports[name] = tensor, report
+    summary = summarize(spec.method, asdict(spec), reports)
+    logger.info(
+        "merge: %s merged %d tensors from %d branches (%d overlapping, %d sign-elected elements)",
+        spec.method,
+        len(merged),
+        len(deltas),
+        summary["totals"]["overlap"],
+        summary["totals"]["sign_elected"],
+    )
+    return merged, summary
+
+
+def merge_states(
+    base: Mapping[str, torch.Tensor],
+    deltas: Mapping[str, Mapping[str, torch.Tensor]],
+    spec: MergeSpec,
+    uncontrolled: Collection[str] = (),
+    progress: bool = False,
+) -> dict[str, torch.Tensor]:
+    """Merge every tensor of ``base`` (see :func:`merge_tensor`); returns the merged state.
+
+    deltas : Mapping[str, Mapping[str, torch.Tensor]]
+        Branch name -> tensor name -> dense delta. A branch may omit a tensor (zero delta); a
+        tensor the base lacks is a :class:`MergeError`.
+    uncontrolled : Collection[str] (default: ())
+        Branch names that trained without a mask; each must be a key of ``deltas``.
+    progress : bool (default: False)
+        Show a tqdm bar over tensors.
+    """
+    return merge_states_with_report(base, deltas, spec, uncontrolled, progress)[0]
+
+
+def merge_report(
+    base: Mapping[str, torch.Tensor],
+    deltas: Mapping[str, Mapping[str, torch.Tensor]],
+    spec: MergeSpec,
+    uncontrolled: Collection[str] = (),
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Only the report of a merge (each merged tensor is dropped as soon as it is counted).
+
+    ``{"method", "spec", "totals": {numel, overlap, sign_elected, discarded, changed, touched},
+    "tensors": {name: TensorReport fields}}``; see :class:`TensorReport`.
+    """
+    reports = {name: r for name, _, r in _stream(base, deltas, spec, uncontrolled, progress)}
+    return summarize(spec.method, asdict(spec), reports)

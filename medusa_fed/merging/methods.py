@@ -1,0 +1,167 @@
+"""One tensor's merged delta under each method (the semantics, stated exactly).
+
+Inputs are the branches that sent this tensor, as ``(branch, fp32 delta)`` pairs **sorted by branch
+name**; every sum below runs in that order, in fp32, so the result never depends on dict order.
+A branch that did not send the tensor has a zero delta there; it still counts in ``linear``'s mean.
+
+- ``medusa`` (paper Algorithm 3, as ``design.md`` states it):
+  ``delta = scale * sum_i delta_i`` on every element at most one branch changed (ownership makes
+  controlled branches disjoint, so this is the paper's plain three-way sum). Where an
+  *uncontrolled* branch changed the element and more than one branch did: ``rho = sgn(sum_i
+  delta_i)``, ``delta = scale * mean{delta_i : sgn(delta_i) = rho}`` (0 if rho = 0). Two
+  *controlled* branches changing one element is a broken ownership map: :class:`MergeError`.
+  With ``scale = 1`` and disjoint deltas the merge is bit-exactly ``base + sum(deltas)``
+  (each element receives exactly one nonzero term, so summation order cannot matter).
+- ``linear``: ``delta = sum_i delta_i / n_branches`` (= the average of the tuned models).
+- ``task_arithmetic``: ``delta = scale * sum_i delta_i``.
+- ``ties``: per branch keep the top-``density`` entries of each tensor by magnitude
+  (:mod:`.sparsify`), elect + where the sum of the trimmed deltas is >= 0 (PEFT "total"),
+  ``delta = scale * mean{trimmed_i agreeing with the sign, zeros excluded}``.
+- ``dare_linear`` / ``dare_task_arithmetic`` / ``dare_ties``: DARE drop + rescale per branch, then
+  linear / task arithmetic / TIES's election + disjoint mean (DARE *replaces* the magnitude trim,
+  as in PEFT's ``dare_ties``).
+
+PEFT differences: PEFT applies per-branch weights before combining (``mean(w * d)``); we apply one
+``scale`` after (``scale * mean(d)``): equal in exact arithmetic, not always bit for bit. PEFT's
+``dare_linear`` is a weighted *sum* (our ``dare_task_arithmetic``); our ``dare_linear`` is a mean.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Iterator, Sequence
+
+import torch
+
+from medusa_fed.errors import MergeError
+from medusa_fed.merging.election import disjoint_mean, elect_sign
+from medusa_fed.merging.report import TensorReport
+from medusa_fed.merging.sparsify import apply_keep, dare_keep_mask, dare_seed, magnitude_keep_mask
+from medusa_fed.merging.spec import MergeSpec
+
+Branches = Sequence[tuple[str, torch.Tensor]]
+
+
+def medusa_delta(
+    name: str, deltas: Branches, like: torch.Tensor, scale: float, uncontrolled: Collection[str]
+) -> tuple[torch.Tensor, TensorReport]:
+    """Algorithm 3 on one tensor: disjoint sum; sign election where uncontrolled overlaps."""
+    acc = torch.zeros(like.shape, dtype=torch.float32, device=like.device)
+    touch = torch.zeros(like.shape, dtype=torch.int16, device=like.device)  # branches per element
+    claimed = torch.zeros(like.shape, dtype=torch.bool, device=like.device)  # controlled-changed
+    by_uncontrolled = torch.zeros_like(claimed) if uncontrolled else None
+    touched: dict[str, int] = {}
+    for branch, d in deltas:
+        nz = d != 0
+        touched[branch] = int(nz.sum())
+        if by_uncontrolled is not None and branch in uncontrolled:
+            by_uncontrolled |= nz
+        else:
+            # safety net: ownership must keep controlled branches disjoint
+            clash = claimed & nz
+            if bool(clash.any()):
+                _raise_overlap(name, branch, clash, deltas, uncontrolled)
+            claimed |= nz
+        touch.add_(nz)
+        acc.add_(d)  # the plain three-way sum, in sorted branch order
+    del claimed
+    multi = touch > 1
+    overlap = int(multi.sum())
+    elected = discarded = 0
+    if by_uncontrolled is not None and overlap:
+        conflict = multi & by_uncontrolled  # bool: elements needing a sign election
+        elected = int(conflict.sum())
+        if elected:
+            # gather only the conflicting elements: [elected] per branch
+            sign = elect_sign(acc[conflict], "medusa")
+            mean, count = disjoint_mean((d[conflict] for _, d in deltas), sign)
+            acc[conflict] = mean
+            discarded = int((count < touch[conflict]).sum())
+    if scale != 1.0:
+        acc.mul_(scale)
+    return acc, TensorReport(like.numel(), touched, dict(touched), overlap, elected, discarded)
+
+
+def _raise_overlap(
+    name: str, branch: str, clash: torch.Tensor, deltas: Branches, uncontrolled: Collection[str]
+) -> None:
+    """Name the earlier controlled branch sharing the most elements with ``branch``, and raise."""
+    best, best_count = "?", 0
+    for other, d in deltas:
+        if other == branch:
+            break
+        if other in uncontrolled:
+            continue
+        count = int((clash & (d != 0)).sum())
+        if count > best_count:
+            best, best_count = other, count
+    raise MergeError(
+        f"{name}: controlled branches {best!r} and {branch!r} both changed {best_count:,} "
+        "element(s); ownership should make controlled branches disjoint (a bad mask?). "
+        "Merge aborted, nothing written"
+    )
+
+
+def sparsifier(
+    name: str, spec: MergeSpec
+) -> Callable[[str, torch.Tensor], tuple[torch.Tensor | None, float | None]]:
+    """``(branch, delta) -> (keep mask or None, rescale or None)`` for the spec's sparsify step."""
+    kind = spec.info.sparsify
+
+    def keep(branch: str, d: torch.Tensor) -> tuple[torch.Tensor | None, float | None]:
+        if kind == "magnitude":
+            return magnitude_keep_mask(d, spec.density), None
+        if kind == "dare":
+            seed = dare_seed(spec.seed, name, branch)
+            return dare_keep_mask(d.shape, spec.drop_rate, seed, d.device), 1.0 - spec.drop_rate
+        return None, None
+
+    return keep
+
+
+def baseline_delta(
+    name: str, deltas: Branches, like: torch.Tensor, spec: MergeSpec, num_branches: int
+) -> tuple[torch.Tensor, TensorReport]:
+    """linear / task arithmetic / TIES and their DARE variants on one tensor."""
+    info = spec.info
+    keep_of = sparsifier(name, spec)
+    touch = torch.zeros(like.shape, dtype=torch.int16, device=like.device)
+    kept_touch = torch.zeros_like(touch)  # kept nonzero values per element
+    touched: dict[str, int] = {}
+    kept: dict[str, int] = {}
+    masks: list[tuple[torch.Tensor | None, float | None]] = []
+    acc = torch.zeros(like.shape, dtype=torch.float32, device=like.device)
+    # pass 1: sparsify each branch, sum (also the TIES election's "total")
+    for branch, d in deltas:
+        nz = d != 0
+        touched[branch] = int(nz.sum())
+        touch.add_(nz)
+        mask, rescale = keep_of(branch, d)
+        sparse = d if mask is None else apply_keep(d, mask, rescale)
+        knz = sparse != 0
+        kept[branch] = int(knz.sum())
+        kept_touch.add_(knz)
+        acc.add_(sparse)
+        del sparse, nz, knz
+        if info.combine == "ties":
+            masks.append((mask, rescale))  # one byte per element; reused in pass 2
+    overlap = int((touch > 1).sum())
+    del touch
+    elected = discarded = 0
+    if info.combine == "mean":
+        acc.div_(num_branches)
+    elif info.combine == "ties":
+        # elect the sign of the sparsified sum, then the disjoint mean of the agreeing values
+        sign = elect_sign(acc, "ties")
+        del acc
+
+        def sparsified() -> Iterator[torch.Tensor]:
+            for (_, d), (mask, rescale) in zip(deltas, masks, strict=True):
+                yield d if mask is None else apply_keep(d, mask, rescale)
+
+        acc, count = disjoint_mean(sparsified(), sign)
+        elected = int((kept_touch > 1).sum())
+        discarded = int((count < kept_touch).sum())
+    if info.combine != "mean" and spec.scale != 1.0:
+        acc.mul_(spec.scale)
+    report = TensorReport(like.numel(), touched, kept, overlap, elected, discarded)
+    return acc, report

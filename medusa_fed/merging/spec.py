@@ -1,0 +1,193 @@
+"""Merge methods: a registry of named settings (mergekit style) and the validated MergeSpec.
+
+Every method is the same three-step pipeline on each tensor's branch deltas, with a different choice
+per step (see :mod:`medusa_fed.merging.methods` for the exact semantics):
+
+=======================  ===============  ========================  =========================
+method                   sparsify         combine                   spec fields it reads
+=======================  ===============  ========================  =========================
+medusa                   none             sum; sign election where  scale
+                                          an uncontrolled branch
+                                          overlaps (Algorithm 3)
+linear                   none             mean over all branches    (none)
+task_arithmetic          none             sum                       scale
+ties                     magnitude trim   TIES elect + disjoint     density, scale
+                                          mean
+dare_linear              DARE drop        mean over all branches    drop_rate, seed
+dare_task_arithmetic     DARE drop        sum                       drop_rate, seed, scale
+dare_ties                DARE drop        TIES elect + disjoint     drop_rate, seed, scale
+                                          mean
+=======================  ===============  ========================  =========================
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterable
+from dataclasses import MISSING, dataclass, field, fields
+from typing import Literal
+
+from medusa_fed.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+MethodName = Literal[
+    "medusa",
+    "linear",
+    "task_arithmetic",
+    "ties",
+    "dare_linear",
+    "dare_task_arithmetic",
+    "dare_ties",
+]
+Sparsify = Literal["none", "magnitude", "dare"]
+Combine = Literal["medusa", "mean", "sum", "ties"]
+
+
+@dataclass(frozen=True)
+class MethodInfo:
+    """One registry entry: what a merge method does and which :class:`MergeSpec` fields it reads."""
+
+    name: str
+    description: str
+    sparsify: Sparsify  # per-branch step before combining: nothing, TIES trim, or DARE drop
+    combine: Combine  # how the (sparsified) branch deltas become one delta
+    uses: tuple[str, ...]  # MergeSpec fields the method reads; the others are ignored
+
+
+METHODS: dict[str, MethodInfo] = {
+    m.name: m
+    for m in (
+        MethodInfo(
+            "medusa",
+            "Medusa Algorithm 3: base + scale * sum of (disjoint) deltas; sign election + mean "
+            "of the agreeing deltas where an uncontrolled branch overlaps another branch",
+            "none",
+            "medusa",
+            ("scale",),
+        ),
+        MethodInfo("linear", "plain average of the tuned models", "none", "mean", ()),
+        MethodInfo(
+            "task_arithmetic",
+            "base + scale * sum of deltas (Ilharco et al.)",
+            "none",
+            "sum",
+            ("scale",),
+        ),
+        MethodInfo(
+            "ties",
+            "TIES (Yadav et al.): per-tensor top-density trim, elect sign of the trimmed sum, "
+            "mean of the agreeing deltas, times scale",
+            "magnitude",
+            "ties",
+            ("density", "scale"),
+        ),
+        MethodInfo(
+            "dare_linear",
+            "DARE drop + rescale, then plain average",
+            "dare",
+            "mean",
+            ("drop_rate", "seed"),
+        ),
+        MethodInfo(
+            "dare_task_arithmetic",
+            "DARE drop + rescale, then base + scale * sum",
+            "dare",
+            "sum",
+            ("drop_rate", "seed", "scale"),
+        ),
+        MethodInfo(
+            "dare_ties",
+            "DARE drop + rescale replaces the TIES trim; then TIES sign election + disjoint mean",
+            "dare",
+            "ties",
+            ("drop_rate", "seed", "scale"),
+        ),
+    )
+}
+
+_TUNABLE = ("scale", "density", "drop_rate", "seed")
+
+
+@dataclass(frozen=True)
+class MergeSpec:
+    """A merge method and its settings, validated once here.
+
+    method : MethodName
+        Name of a :data:`METHODS` entry.
+    scale : float (default: 1.0)
+        lambda applied to the merged delta (medusa, task arithmetic, TIES and their DARE variants).
+    density : float (default: 0.2)
+        TIES trim: fraction of each branch's delta kept per tensor (largest magnitudes), in (0, 1].
+    drop_rate : float (default: 0.9)
+        DARE: probability p of dropping each delta element, in [0, 1); survivors are scaled by
+        1 / (1 - p).
+    seed : int (default: 0)
+        DARE: drop masks are drawn from a generator seeded by (seed, tensor name, branch name), so
+        they do not depend on the order in which branches or tensors are visited.
+    """
+
+    method: MethodName = field(metadata={"help": "merge method, a key of METHODS"})
+    scale: float = field(default=1.0, metadata={"help": "lambda on the merged delta"})
+    density: float = field(default=0.2, metadata={"help": "TIES: kept fraction per tensor"})
+    drop_rate: float = field(default=0.9, metadata={"help": "DARE: drop probability p"})
+    seed: int = field(default=0, metadata={"help": "DARE: seed of the drop masks"})
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ConfigError(
+                f"unknown merge method {self.method!r}; expected one of {', '.join(METHODS)}; "
+                "no merge was run"
+            )
+        if isinstance(self.scale, bool) or not math.isfinite(float(self.scale)):
+            raise ConfigError(f"merge scale must be a finite number, found {self.scale!r}")
+        if not 0.0 < float(self.density) <= 1.0:
+            raise ConfigError(f"merge density must be in (0, 1], found {self.density!r}")
+        if not 0.0 <= float(self.drop_rate) < 1.0:
+            raise ConfigError(f"merge drop_rate must be in [0, 1), found {self.drop_rate!r}")
+        # run configs carry every setting as a float: accept an integral float seed (3.0 -> 3)
+        if isinstance(self.seed, bool) or float(self.seed) != int(self.seed):
+            raise ConfigError(f"merge seed must be an integer, found {self.seed!r}")
+        object.__setattr__(self, "seed", int(self.seed))
+        for name in ("scale", "density", "drop_rate"):
+            object.__setattr__(self, name, float(getattr(self, name)))
+        ignored = [
+            f"{f.name}={getattr(self, f.name)!r}"
+            for f in fields(self)
+            if f.name in _TUNABLE
+            and f.name not in self.info.uses
+            and getattr(self, f.name) != f.default
+        ]
+        if ignored:
+            logger.warning(
+                "merge spec: method %r ignores %s (it reads only: %s)",
+                self.method,
+                ", ".join(ignored),
+                ", ".join(self.info.uses) or "nothing",
+            )
+
+    @property
+    def info(self) -> MethodInfo:
+        return METHODS[self.method]
+
+    @classmethod
+    def from_params(cls, method: str, params: Iterable[tuple[str, float]] = ()) -> MergeSpec:
+        """Build from ``(key, value)`` pairs such as ``run_config.MergeChoice.params``."""
+        kwargs: dict[str, float] = {}
+        for key, value in params:
+            if key not in _TUNABLE:
+                raise ConfigError(f"merge setting {key!r}: expected one of {', '.join(_TUNABLE)}")
+            kwargs[key] = value
+        return cls(method, **kwargs)  # type: ignore[arg-type]
+
+
+def method_defaults(method: str) -> dict[str, float | int]:
+    """The default value of every :class:`MergeSpec` field that ``method`` reads."""
+    if method not in METHODS:
+        raise ConfigError(f"unknown merge method {method!r}; expected one of {', '.join(METHODS)}")
+    out: dict[str, float | int] = {}
+    for f in fields(MergeSpec):
+        if f.name in METHODS[method].uses and f.default is not MISSING:
+            out[f.name] = f.default  # type: ignore[assignment]
+    return out
