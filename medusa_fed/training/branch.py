@@ -1,0 +1,134 @@
+"""Probe (paper Algorithm 1's input) and branch fine-tuning (Algorithm 2) for one team.
+
+* :func:`probe`: an unmasked fine-tune from the base for the probe budget, then the top-d
+  fraction of each shared tensor's delta (:func:`medusa_fed.deltas.top_d`).
+* :func:`finetune`: a (masked) fine-tune from ``start`` (default: the base). The returned delta
+  is ``tuned - start`` in fp32 over the whole shared space and is exactly zero wherever the mask
+  is False (non-owned elements equal ``start`` bit for bit). ``mask=None`` is an uncontrolled,
+  unmasked branch; ``head_only=True`` trains only the team head on the frozen base (the floor).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+
+from medusa_fed.deltas import SparseDelta, StateDict, state_delta, top_d
+from medusa_fed.errors import DataError
+from medusa_fed.masking import check_masks
+from medusa_fed.training.config import TrainConfig
+from medusa_fed.training.loop import train
+from medusa_fed.training.models import BaseModel
+
+if TYPE_CHECKING:
+    from medusa_fed.training.data import TaskData
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    """A probe: top-d sparse delta per shared tensor, training metrics, and the probe's head."""
+
+    sparse: dict[str, SparseDelta]
+    metrics: dict[str, float]
+    head: StateDict
+
+
+@dataclass(frozen=True)
+class BranchResult:
+    """A fine-tuned branch: delta over the shared space (fp32, relative to its start), head."""
+
+    delta: StateDict
+    head: StateDict
+    metrics: dict[str, float]
+
+
+def num_labels_of(base: BaseModel, data: TaskData) -> int | None:
+    """The head size for ``data`` (None for a causal LM); DataError if task and model disagree."""
+    if base.is_classifier != (data.kind == "classification"):
+        raise DataError(
+            f"task {data.name!r} is {data.kind} but the model family is {base.spec.family}; "
+            "pick a matching task or model"
+        )
+    return len(data.labels) if base.is_classifier else None
+
+
+def probe(base: BaseModel, data: TaskData, cfg: TrainConfig, density: float = 0.2) -> ProbeResult:
+    """Unmasked fine-tune from the base, then keep each shared tensor's top-``density`` delta.
+
+    Parameters
+    ----------
+    base : BaseModel
+    data : TaskData
+        Trains on ``data.train``.
+    cfg : TrainConfig
+        The probe budget (``epochs`` defaults to 1, the paper's probe).
+    density : float (default: 0.2)
+        Fraction of each tensor's entries kept, by magnitude.
+    """
+    result = finetune(base, data, cfg, desc=f"probe {data.name}")
+    sparse = {name: top_d(d, density) for name, d in result.delta.items()}
+    kept = sum(s.indices.numel() for s in sparse.values())
+    log.info(
+        "probe %s: kept %d of %d delta entries",
+        data.name,
+        kept,
+        sum(d.numel() for d in result.delta.values()),
+    )
+    return ProbeResult(sparse, result.metrics, result.head)
+
+
+def finetune(
+    base: BaseModel,
+    data: TaskData,
+    cfg: TrainConfig,
+    mask: Mapping[str, torch.Tensor] | None = None,
+    start: Mapping[str, torch.Tensor] | None = None,
+    head: Mapping[str, torch.Tensor] | None = None,
+    head_only: bool = False,
+    desc: str | None = None,
+) -> BranchResult:
+    """Fine-tune one branch on ``data.train``.
+
+    Parameters
+    ----------
+    mask : Mapping[str, Tensor] | None (default: None)
+        bool per shared tensor, True = owned. Tensors without a mask entry stay at ``start``
+        (a partial mask is a complete one with False elsewhere). None: unmasked.
+    start : Mapping[str, Tensor] | None (default: None)
+        Shared-space values to start from (e.g. a merged model); None = the base.
+    head : Mapping[str, Tensor] | None (default: None)
+        The team head to continue; None = a fresh head seeded by ``cfg.seed``.
+    head_only : bool (default: False)
+        Freeze the shared space; train only the head (delta is all zeros).
+    """
+    labels = num_labels_of(base, data)
+    team = base.build(labels, shared=start, head=head, head_seed=cfg.seed)
+    begin = team.shared_state()
+    masks = None
+    if mask is not None:
+        check_masks(team.shared, mask)
+        masks = {
+            n: mask.get(n, torch.zeros(p.shape, dtype=torch.bool)) for n, p in team.shared.items()
+        }
+    metrics = train(
+        team,
+        base.tokenizer,
+        data.train,
+        cfg,
+        base.spec.method,
+        masks=masks,
+        head_only=head_only,
+        desc=desc or f"finetune {data.name}",
+    )
+    delta = state_delta(team.shared_state(), begin)
+    if masks is not None:
+        metrics["owned_fraction"] = sum(int(m.sum()) for m in masks.values()) / max(
+            1, sum(m.numel() for m in masks.values())
+        )
+    return BranchResult(delta, team.head_state(), metrics)

@@ -1,0 +1,171 @@
+"""The one training loop behind probe, branch fine-tuning and the head-only floor.
+
+Data path: texts -> tokenizer (dynamic padding per batch, truncated to ``max_length``) -> model
+-> loss (cross-entropy on labels; next-token loss on non-padding tokens for a causal LM) ->
+backward (masked gradients) -> clip -> optimizer step (then the mask restores non-owned
+elements) -> linear learning-rate schedule.
+
+Threads: ``torch.set_num_threads`` is set from ``MEDUSA_NUM_THREADS`` when that variable is set,
+otherwise left at torch's default.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING
+
+import torch
+from tqdm.auto import tqdm
+
+from medusa_fed.errors import ConfigError, DataError
+from medusa_fed.masking import MaskedUpdate
+from medusa_fed.training.config import Method, TrainConfig
+from medusa_fed.training.models import TeamModel
+
+if TYPE_CHECKING:
+    from medusa_fed.training.data import Split
+
+log = logging.getLogger(__name__)
+
+
+def apply_thread_setting() -> None:
+    """Honour ``MEDUSA_NUM_THREADS`` (a positive int) if set; otherwise leave torch's default."""
+    raw = os.environ.get("MEDUSA_NUM_THREADS")
+    if raw:
+        try:
+            torch.set_num_threads(max(1, int(raw)))
+        except ValueError:
+            log.warning("MEDUSA_NUM_THREADS=%r is not an integer; keeping torch's default", raw)
+
+
+def encode(
+    tokenizer: object, split: Split, rows: list[int], max_length: int, causal: bool
+) -> dict[str, torch.Tensor]:
+    """Tokenize ``split``'s ``rows`` into one padded batch (labels included)."""
+    texts = [split.texts[i] for i in rows]
+    pairs = [split.text_pairs[i] for i in rows] if split.text_pairs else None
+    enc = tokenizer(  # type: ignore[operator]
+        texts, pairs, padding=True, truncation=True, max_length=max_length, return_tensors="pt"
+    )
+    batch = {k: v for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+    if causal:
+        batch.pop("token_type_ids", None)
+        batch["labels"] = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+    else:
+        batch["labels"] = torch.tensor([split.label_ids[i] for i in rows], dtype=torch.long)
+    return batch
+
+
+def plan_steps(n_examples: int, cfg: TrainConfig) -> int:
+    """Optimizer steps of a run: ``max_steps`` if set, else ``ceil(epochs * batches per epoch)``."""
+    if n_examples == 0:
+        raise DataError("the training split is empty; expected at least one example")
+    if cfg.max_steps > 0:
+        return cfg.max_steps
+    return max(1, math.ceil(cfg.epochs * math.ceil(n_examples / cfg.batch_size)))
+
+
+def _batches(n: int, cfg: TrainConfig, steps: int) -> Iterator[list[int]]:
+    gen = torch.Generator().manual_seed(cfg.seed)
+    done = 0
+    while True:
+        order = torch.randperm(n, generator=gen).tolist()
+        for lo in range(0, n, cfg.batch_size):
+            if done == steps:
+                return
+            yield order[lo : lo + cfg.batch_size]
+            done += 1
+
+
+def _linear(steps: int, warmup_ratio: float):  # type: ignore[no-untyped-def]
+    warm = int(warmup_ratio * steps)
+
+    def factor(step: int) -> float:  # step 0 .. steps-1
+        if step < warm:
+            return (step + 1) / warm
+        return (steps - step) / (steps - warm)
+
+    return factor
+
+
+def _optimizer(team: TeamModel, cfg: TrainConfig, method: Method) -> torch.optim.Optimizer:
+    lr = cfg.lr_for(method)
+    groups = [
+        {"params": [p for p in team.shared.values() if p.requires_grad], "lr": lr},
+        {"params": [p for p in team.head.values() if p.requires_grad], "lr": cfg.head_lr or lr},
+    ]
+    groups = [g for g in groups if g["params"]]
+    if not groups:
+        raise ConfigError("nothing to train: no trainable shared or head parameters")
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(groups, lr=lr, weight_decay=cfg.weight_decay)
+
+
+def train(
+    team: TeamModel,
+    tokenizer: object,
+    split: Split,
+    cfg: TrainConfig,
+    method: Method,
+    masks: Mapping[str, torch.Tensor] | None = None,
+    head_only: bool = False,
+    desc: str = "train",
+) -> dict[str, float]:
+    """Train ``team`` in place on ``split``; returns loss and timing metrics.
+
+    ``masks`` (shared-space name -> bool, True = owned) restricts the shared space bit-exactly;
+    ``head_only`` freezes the whole shared space. Runs are reproducible for a given ``cfg.seed``.
+    """
+    apply_thread_setting()
+    for p in team.shared.values():
+        p.requires_grad_(not head_only)
+    if head_only and not team.head:
+        raise ConfigError("head_only needs a team head; a causal LM has none")
+    steps = plan_steps(len(split), cfg)
+    causal = team.num_labels is None
+    params = [p for group in (team.shared, team.head) for p in group.values()]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        optimizer = _optimizer(team, cfg, method)
+        guard = MaskedUpdate(team.shared, masks, optimizer) if masks is not None else None
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _linear(steps, cfg.warmup_ratio))
+        team.module.train()
+        losses: list[float] = []
+        started = time.perf_counter()
+        bar = tqdm(total=steps, desc=desc, unit="step", leave=False, disable=None)
+        try:
+            for step, rows in enumerate(_batches(len(split), cfg, steps)):
+                batch = encode(tokenizer, split, rows, cfg.max_length, causal)
+                loss = team.module(**batch).loss
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(
+                        [p for p in params if p.requires_grad], cfg.grad_clip
+                    )
+                optimizer.step()  # the mask's post-step hook restores non-owned elements
+                schedule.step()
+                losses.append(float(loss.detach()))
+                bar.update(1)
+                bar.set_postfix(loss=f"{losses[-1]:.4f}")
+                if (step + 1) % max(1, steps // 10) == 0 or step + 1 == steps:
+                    log.info("%s: step %d/%d loss %.4f", desc, step + 1, steps, losses[-1])
+        finally:
+            bar.close()
+            if guard is not None:
+                guard.remove()
+            team.module.eval()
+    if not all(math.isfinite(x) for x in losses):
+        log.warning("%s: the loss became non-finite; lower the learning rate", desc)
+    tail = losses[-max(1, len(losses) // 10) :]
+    return {
+        "steps": float(steps),
+        "train_loss": sum(losses) / len(losses),
+        "final_loss": sum(tail) / len(tail),
+        "seconds": time.perf_counter() - started,
+    }
