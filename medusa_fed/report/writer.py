@@ -68,7 +68,7 @@ def write_report(
     run.write_bytes(REPORT_MD, render_markdown(checked, plots).encode("utf-8"))
     logger.info("report: wrote report.json, report.md and %d plots to %s", len(plots), run.root)
     return ReportFiles(
-        json=run.path(REPORT_JSON),
-        markdown=run.path(REPORT_MD),
-        plots={name: run.path(rel) for name, rel in plots.items()},
+        json=run.file_path(REPORT_JSON),
+        markdown=run.file_path(REPORT_MD),
+        plots={name: run.file_path(rel) for name, rel in plots.items()},
     )

@@ -11,8 +11,12 @@ restart resumes where it stopped and nothing a team sent is lost. Layout (paths 
     probe/<team>.safetensors            a team's top-d probe delta
     ownership.safetensors               the owner id of every parameter element
     train/<team>.safetensors            a team's fine-tuned delta (owned values, or dense)
-    merged/<method>/...                 merged weights per method
-    eval/<team>.json                    a team's metrics
+    train/<team>.head.safetensors       its own classification head (never merged), if any
+    train/<team>.metrics.json           its metrics fine-tuned alone
+    baseline/<team>...                  the same for the unmasked fine-tune of post-hoc baselines
+    merged/<method>/...                 merged weights per method (``record_file`` each file
+                                        that ``save_pretrained`` writes there)
+    eval/<method>/<team>.json           a team's metrics on a merged model
     report.json  report.md  plots/*.png the run report (``medusa_fed.report``)
     log/rejected/<team>-<stage>.json    rejected payloads: list of {team, stage, reason, at}
 
@@ -97,7 +101,12 @@ class RunDir:
     def __repr__(self) -> str:
         return f"RunDir({str(self.root)!r}, readonly={self.readonly})"
 
-    def path(self, relpath: str) -> Path:
+    @property
+    def path(self) -> Path:
+        """The run directory itself (same as ``root``)."""
+        return self.root
+
+    def file_path(self, relpath: str) -> Path:
         """Absolute path of ``relpath`` (validated: relative, no ``..``, not a reserved file)."""
         return self.root / normalize_relpath(relpath, RESERVED)
 

@@ -297,3 +297,27 @@ def test_reader_cannot_write_and_needs_a_directory(run: RunDir, tmp_path: Path) 
         reader.write_json("x.json", {})
     with pytest.raises(StoreError, match="expected a run directory"):
         RunDir(tmp_path / "nope", readonly=True)
+
+
+def test_paths(run: RunDir) -> None:
+    # Execute / Assert
+    assert run.path == run.root
+    assert (
+        run.file_path("merged/medusa/model.safetensors")
+        == run.root / "merged/medusa/model.safetensors"
+    )
+    with pytest.raises(StoreError):
+        run.file_path("../outside")
+
+
+def test_record_file_adopts_a_file_written_elsewhere(run: RunDir) -> None:
+    # Prepare: e.g. save_pretrained writing into merged/<method>/
+    target = run.file_path("merged/medusa/config.json")
+    target.parent.mkdir(parents=True)
+    target.write_text('{"hidden_size": 32}')
+    # Execute
+    before = run.exists("merged/medusa/config.json")
+    run.record_file("merged/medusa/config.json")
+    # Assert
+    assert not before
+    assert run.read_json("merged/medusa/config.json") == {"hidden_size": 32}
