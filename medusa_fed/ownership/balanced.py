@@ -95,6 +95,25 @@ def solve_prices(ws: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return lam
 
 
+def _any_candidate(w: torch.Tensor) -> torch.Tensor:
+    """Columns of ``w`` (k, n) with a positive weight (row loop: dim-0 reductions are slow)."""
+    has = w[0] > 0
+    for i in range(1, w.shape[0]):
+        has |= w[i] > 0
+    return has
+
+
+def _priced_argmax(w: torch.Tensor, lam: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Best ``w_i - lambda_i`` over candidates (-inf if none) and its team (uint8)."""
+    best = torch.full((w.shape[1],), -torch.inf)
+    owner = torch.zeros(w.shape[1], dtype=torch.uint8)
+    for i in range(w.shape[0]):
+        score = torch.where(w[i] > 0, w[i] - lam[i], -torch.inf)
+        owner.masked_fill_(score > best, i)  # strict: ties keep the lowest sorted name
+        torch.maximum(best, score, out=best)
+    return best, owner
+
+
 def assign_balanced(
     cands: Candidates,
     unselected: str,
@@ -111,7 +130,7 @@ def assign_balanced(
     for name in tqdm(cands.shapes, desc="balanced: sample", disable=not progress):
         for c, start, end in cands.chunks(name):
             w = cands.weights(name, start, end)
-            has = (w > 0).any(0)
+            has = _any_candidate(w)
             n_cand += int(has.sum())
             pick = torch.rand(end - start, generator=chunk_generator(seed, name, c, "sample"))
             cols.append(w[:, has & (pick < frac)])
@@ -126,31 +145,30 @@ def assign_balanced(
     for name in tqdm(cands.shapes, desc="balanced: assign", disable=not progress):
         out = torch.empty(math.prod(cands.shapes[name]), dtype=torch.uint8)
         for _c, start, end in cands.chunks(name):
-            w = cands.weights(name, start, end)
-            score = torch.where(w > 0, w - lam[:, None], -torch.inf)
-            best, owner = score.max(0)
+            best, owner = _priced_argmax(cands.weights(name, start, end), lam)
             ok = best > 0
-            for i in range(k):
+            counts = torch.bincount(torch.where(ok, owner, k), minlength=k + 1)[:k]
+            for i in (counts > left).nonzero().squeeze(1).tolist():
+                # capacity reached (sampling error): keep the highest margins of this chunk
                 mine = (ok & (owner == i)).nonzero().squeeze(1)
-                if mine.numel() > left[i]:  # capacity reached: keep the highest margins
-                    drop = torch.topk(best[mine], mine.numel() - int(left[i]), largest=False)
-                    ok[mine[drop.indices]] = False
-                    mine = mine[ok[mine]]
-                left[i] -= mine.numel()
+                drop = torch.topk(best[mine], mine.numel() - int(left[i]), largest=False)
+                ok[mine[drop.indices]] = False
+                counts[i] = left[i]
+            left -= counts
             rest = torch.full_like(owner, _LEFTOVER)
             if unselected == "frozen":
-                rest = torch.where((w > 0).any(0), rest, NO_OWNER)
-            out[start:end] = torch.where(ok, owner, rest).to(torch.uint8)
+                rest.masked_fill_(best == -torch.inf, NO_OWNER)
+            out[start:end] = torch.where(ok, owner, rest)
         owners[name] = out
     # pass 3: leftovers fill the remaining capacities exactly
     rng = np.random.default_rng([seed, 0xBA1A])
     for name, out in owners.items():
         spots = (out == _LEFTOVER).nonzero().squeeze(1)
         if spots.numel():
-            counts = rng.multivariate_hypergeometric(left.numpy(), spots.numel())
-            labels = torch.repeat_interleave(torch.arange(k), torch.from_numpy(counts))
+            split = torch.from_numpy(rng.multivariate_hypergeometric(left.numpy(), spots.numel()))
+            labels = torch.repeat_interleave(torch.arange(k), split)
             perm = torch.randperm(spots.numel(), generator=chunk_generator(seed, name, 0, "fill"))
             out[spots] = labels[perm].to(torch.uint8)
-            left -= torch.from_numpy(counts)
+            left -= split
         owners[name] = out.view(cands.shapes[name])
     return OwnershipMap(cands.teams, owners, cands.uncontrolled)

@@ -166,4 +166,3 @@ class OwnershipMap:
                     f"< {len(teams)} or {NO_OWNER} (NO_OWNER); map rejected"
                 )
         return out
-
