@@ -46,7 +46,10 @@ def elect_sign(total: torch.Tensor, rule: SignRule) -> torch.Tensor:
 
 def agrees(delta: torch.Tensor, sign: torch.Tensor) -> torch.Tensor:
     """True where ``delta`` is nonzero and has the elected ``sign`` (bool, same shape)."""
-    return (torch.sign(delta) == sign) & (sign != 0)
+    # three bool temporaries instead of a float sign(delta) copy; a 0 sign agrees with nothing
+    ok = torch.where(sign > 0, delta > 0, delta < 0)
+    ok &= sign != 0
+    return ok
 
 
 def disjoint_mean(

@@ -52,7 +52,7 @@ def medusa_delta(
     touched: dict[str, int] = {}
     for branch, d in deltas:
         nz = d != 0
-        touched[branch] = int(nz.sum())
+        touched[branch] = int(torch.count_nonzero(nz))
         if by_uncontrolled is not None and branch in uncontrolled:
             by_uncontrolled |= nz
         else:
@@ -65,17 +65,17 @@ def medusa_delta(
         acc.add_(d)  # the plain three-way sum, in sorted branch order
     del claimed
     multi = touch > 1
-    overlap = int(multi.sum())
+    overlap = int(torch.count_nonzero(multi))
     elected = discarded = 0
     if by_uncontrolled is not None and overlap:
         conflict = multi & by_uncontrolled  # bool: elements needing a sign election
-        elected = int(conflict.sum())
+        elected = int(torch.count_nonzero(conflict))
         if elected:
             # gather only the conflicting elements: [elected] per branch
             sign = elect_sign(acc[conflict], "medusa")
             mean, count = disjoint_mean((d[conflict] for _, d in deltas), sign)
             acc[conflict] = mean
-            discarded = int((count < touch[conflict]).sum())
+            discarded = int(torch.count_nonzero(count < touch[conflict]))
     if scale != 1.0:
         acc.mul_(scale)
     return acc, TensorReport(like.numel(), touched, dict(touched), overlap, elected, discarded)
@@ -91,7 +91,7 @@ def _raise_overlap(
             break
         if other in uncontrolled:
             continue
-        count = int((clash & (d != 0)).sum())
+        count = int(torch.count_nonzero(clash & (d != 0)))
         if count > best_count:
             best, best_count = other, count
     raise MergeError(
@@ -124,34 +124,36 @@ def baseline_delta(
     """linear / task arithmetic / TIES and their DARE variants on one tensor."""
     info = spec.info
     keep_of = sparsifier(name, spec)
-    touch = torch.zeros(like.shape, dtype=torch.int16, device=like.device)
-    kept_touch = torch.zeros_like(touch)  # kept nonzero values per element
+    ties = info.combine == "ties"
+    touch = torch.zeros(like.shape, dtype=torch.int16, device=like.device)  # raw: branches/element
+    # TIES only: kept nonzero values per element (report); int16, half a tensor
+    kept_touch = torch.zeros_like(touch) if ties else None
     touched: dict[str, int] = {}
     kept: dict[str, int] = {}
     masks: list[tuple[torch.Tensor | None, float | None]] = []
     acc = torch.zeros(like.shape, dtype=torch.float32, device=like.device)
-    # pass 1: sparsify each branch, sum (also the TIES election's "total")
+    # pass 1: sparsify each branch and sum (for TIES this sum is the election's "total")
     for branch, d in deltas:
         nz = d != 0
-        touched[branch] = int(nz.sum())
+        touched[branch] = int(torch.count_nonzero(nz))
         touch.add_(nz)
+        del nz
         mask, rescale = keep_of(branch, d)
         sparse = d if mask is None else apply_keep(d, mask, rescale)
-        knz = sparse != 0
-        kept[branch] = int(knz.sum())
-        kept_touch.add_(knz)
-        acc.add_(sparse)
-        del sparse, nz, knz
-        if info.combine == "ties":
+        kept[branch] = int(torch.count_nonzero(sparse))
+        if kept_touch is not None:
+            kept_touch.add_(sparse != 0)
             masks.append((mask, rescale))  # one byte per element; reused in pass 2
-    overlap = int((touch > 1).sum())
+        acc.add_(sparse)
+        del sparse, mask
+    overlap = int(torch.count_nonzero(touch > 1))
     del touch
     elected = discarded = 0
     if info.combine == "mean":
         acc.div_(num_branches)
-    elif info.combine == "ties":
+    elif kept_touch is not None:
         # elect the sign of the sparsified sum, then the disjoint mean of the agreeing values
-        sign = elect_sign(acc, "ties")
+        sign = elect_sign(acc, "ties")  # int8
         del acc
 
         def sparsified() -> Iterator[torch.Tensor]:
@@ -159,8 +161,9 @@ def baseline_delta(
                 yield d if mask is None else apply_keep(d, mask, rescale)
 
         acc, count = disjoint_mean(sparsified(), sign)
-        elected = int((kept_touch > 1).sum())
-        discarded = int((count < kept_touch).sum())
+        del sign, masks
+        elected = int(torch.count_nonzero(kept_touch > 1))
+        discarded = int(torch.count_nonzero(count < kept_touch))
     if info.combine != "mean" and spec.scale != 1.0:
         acc.mul_(spec.scale)
     report = TensorReport(like.numel(), touched, kept, overlap, elected, discarded)

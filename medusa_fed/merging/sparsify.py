@@ -9,9 +9,11 @@ Semantics (public implementations differ; these are ours):
 - **Magnitude trim (TIES)** is *per tensor*, like ``peft.utils.merge_utils.magnitude_based_pruning``
   and unlike the TIES paper's code, which trims the whole flattened task vector at once. It keeps
   exactly ``k = ceil(density * numel)`` entries (float dust such as ``0.2 * 35 = 7.000000000000001``
-  is rounded away first), chosen by ``torch.topk`` on ``|delta|``. PEFT uses ``floor`` instead; the
-  two agree whenever ``density * numel`` is an integer, and ours never trims a small tensor (a bias,
-  a LayerNorm weight) to nothing. Exact zeros may be among the k kept; they change nothing.
+  is rounded away first), those of largest ``|delta|`` (an exact, streamed radix select). PEFT
+  uses ``floor`` instead; the two agree whenever ``density * numel`` is an integer, and ours never
+  trims a small tensor (a bias, a LayerNorm weight) to nothing. Magnitudes tied at the cut are
+  kept lowest position first (topk picks among them arbitrarily). Exact zeros may be among the k
+  kept; they change nothing.
 - **DARE** (Yu et al. 2024) keeps each element independently with probability ``1 - drop_rate`` and
   divides the survivors by ``1 - drop_rate`` (PEFT's ``random_pruning(..., rescale=True)``, whose
   ``density`` is our ``1 - drop_rate``). The mask is ``torch.bernoulli`` on a CPU generator seeded
@@ -33,15 +35,59 @@ def trim_count(numel: int, density: float) -> int:
     return min(numel, math.ceil(round(density * numel, 6)))
 
 
+_CHUNK = 1 << 22  # elements per chunk of the streaming selection (16 MiB of fp32)
+
+
+def _abs_bits(flat: torch.Tensor, start: int) -> torch.Tensor:
+    """``|flat[start:start + _CHUNK]|`` as int32 bit patterns (ordered like the values, >= 0)."""
+    return flat[start : start + _CHUNK].abs().view(torch.int32)
+
+
+def _top_bucket(hist: torch.Tensor, k: int) -> tuple[int, int]:
+    """Highest bucket b such that counts in buckets >= b reach ``k``; and the count above b."""
+    from_top = torch.cumsum(hist.flip(0), 0)  # from_top[j] = count in buckets >= len - 1 - j
+    j = int(torch.searchsorted(from_top, k))
+    above = int(from_top[j - 1]) if j > 0 else 0
+    return hist.numel() - 1 - j, above
+
+
 def magnitude_keep_mask(delta: torch.Tensor, density: float) -> torch.Tensor:
-    """True at the ``trim_count(numel, density)`` entries of largest ``|delta|`` (per tensor)."""
-    numel = delta.numel()
+    """True at the ``trim_count(numel, density)`` entries of largest ``|delta|`` (per tensor).
+
+    Exact selection by a two-pass radix select on the fp32 bit patterns of ``|delta|`` (16 high
+    bits, then 16 low bits), streamed in chunks: memory stays near the bool mask, where
+    ``torch.topk`` would copy values and indices (about 5.6x the tensor). Entries equal to the k-th
+    largest magnitude are taken by position, lowest first. Same kept set as PEFT's ``topk``
+    whenever that magnitude is not tied.
+    """
+    flat = delta.detach().reshape(-1).to(torch.float32)
+    numel = flat.numel()
     k = trim_count(numel, density)
     if k >= numel:
         return torch.ones(delta.shape, dtype=torch.bool, device=delta.device)
-    keep = torch.zeros(numel, dtype=torch.bool, device=delta.device)
-    top = torch.topk(delta.detach().reshape(-1).abs(), k, sorted=False).indices  # [k] int64
-    keep[top] = True
+    starts = range(0, numel, _CHUNK)
+    # pass 1: histogram of the high 16 bits (sign bit is 0, so 32,768 buckets)
+    hist = torch.zeros(1 << 15, dtype=torch.int64, device=flat.device)
+    for s in starts:
+        hist += torch.bincount(_abs_bits(flat, s) >> 16, minlength=1 << 15)
+    high, above_high = _top_bucket(hist, k)
+    # pass 2: histogram of the low 16 bits inside that bucket
+    hist = torch.zeros(1 << 16, dtype=torch.int64, device=flat.device)
+    for s in starts:
+        bits = _abs_bits(flat, s)
+        hist += torch.bincount(bits[(bits >> 16) == high] & 0xFFFF, minlength=1 << 16)
+    low, above_low = _top_bucket(hist, k - above_high)
+    threshold = (high << 16) | low  # bit pattern of the k-th largest magnitude
+    ties_needed = k - above_high - above_low  # entries equal to it that still fit
+    # pass 3: keep everything above the threshold, and the first ties by position
+    keep = torch.zeros(numel, dtype=torch.bool, device=flat.device)
+    for s in starts:
+        bits = _abs_bits(flat, s)
+        keep[s : s + bits.numel()] = bits > threshold
+        if ties_needed > 0:
+            tied = torch.nonzero(bits == threshold).reshape(-1)[:ties_needed]
+            keep[s + tied] = True
+            ties_needed -= tied.numel()
     return keep.view(delta.shape)
 
 
@@ -78,12 +124,13 @@ def dare_keep_mask(
 def apply_keep(
     delta: torch.Tensor, keep: torch.Tensor, rescale: float | None = None
 ) -> torch.Tensor:
-    """``delta * keep``, then ``/ rescale`` if given (DARE: ``rescale = 1 - drop_rate``).
+    """``delta`` where ``keep``, else 0; then ``/ rescale`` if given (DARE: ``1 - drop_rate``).
 
-    Same operation order as PEFT (``tensor * mask`` then ``/ density``), so results match it
-    bit for bit. Returns a new tensor; ``delta`` is not modified.
+    Equal to PEFT's ``tensor * mask`` then ``/ density`` (dropped entries may differ in the sign of
+    zero only, which ``torch.equal`` and every merge step ignore), without PEFT's float copy of the
+    mask. Returns a new tensor; ``delta`` is not modified.
     """
-    out = delta * keep
+    out = torch.where(keep, delta, 0.0)
     if rescale is not None and rescale != 1.0:
         out.div_(rescale)
     return out

@@ -191,3 +191,30 @@ def test_dare_with_drop_rate_zero_is_the_plain_method(dare, plain):
     assert torch.equal(
         _ours("dare_ties", deltas, drop_rate=0.0), _ours("ties", deltas, density=1.0)
     )
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    numel=st.integers(1, 5000),
+    density=st.floats(0.001, 1.0),
+)
+def test_magnitude_keep_mask_is_exactly_the_topk_set(seed, numel, density):
+    # Prepare: continuous values, so the k-th magnitude is not tied
+    delta = torch.randn(numel, generator=torch.Generator().manual_seed(seed))
+    k = trim_count(numel, density)
+    expected = torch.zeros(numel, dtype=torch.bool)
+    expected[torch.topk(delta.abs(), k).indices] = True
+    # Execute
+    keep = magnitude_keep_mask(delta, density)
+    # Assert
+    assert torch.equal(keep, expected)
+
+
+def test_magnitude_keep_mask_takes_tied_magnitudes_by_position():
+    # Prepare: k = 4 of 8; |2| first, then three of the four magnitudes tied at 1
+    delta = torch.tensor([0.0, 1, -1, 1, 0, -1, 2, 0])
+    # Execute
+    keep = magnitude_keep_mask(delta, 0.5)
+    # Assert
+    assert keep.tolist() == [False, True, True, True, False, False, True, False]
