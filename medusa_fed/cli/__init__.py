@@ -3,5 +3,6 @@
 from medusa_fed.cli.app import app
 
 # Each module below adds its commands to ``app`` when imported (one line per module).
+from medusa_fed.cli import train as _train  # noqa: E402,F401  medusa train
 
 __all__ = ["app"]

@@ -107,7 +107,9 @@ class MaskedUpdate:
                 owned=owned,
                 start=param.detach().clone(),
             )
-            self._handles.append(param.register_hook(_grad_masker(part.grad_mask)))
+            self._handles.append(
+                param.register_post_accumulate_grad_hook(_grad_masker(part.grad_mask))
+            )
             self._partial.append(part)
         if optimizer is not None:
             self._handles.append(optimizer.register_step_post_hook(self._post_step))
@@ -139,7 +141,8 @@ class MaskedUpdate:
 
 
 def _grad_masker(grad_mask: torch.Tensor):  # type: ignore[no-untyped-def]
-    def hook(grad: torch.Tensor) -> torch.Tensor:
-        return grad * grad_mask
+    def hook(param: torch.Tensor) -> None:  # after the gradient is accumulated into .grad
+        if param.grad is not None:
+            param.grad.mul_(grad_mask)
 
     return hook

@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 from medusa_fed.errors import DataError
 from medusa_fed.training.loop import apply_thread_setting, encode
 from medusa_fed.training.metrics import accuracy, macro_f1
-from medusa_fed.training.models import BaseModel, TeamModel
+from medusa_fed.training.models import BaseModel, TeamModel, labels_from_head
 
 if TYPE_CHECKING:
     from medusa_fed.training.data import Split
@@ -42,7 +42,7 @@ def evaluate(
     if base.is_classifier and num_labels is None:
         if head is None:
             raise DataError("evaluate: num_labels is needed when no head is given")
-        num_labels = _labels_from_head(head)
+        num_labels = labels_from_head(head)
     team = base.build(num_labels, shared=shared, head=head, head_seed=head_seed)
     return evaluate_model(team, base.tokenizer, split, batch_size, max_length, desc)
 
@@ -86,12 +86,3 @@ def evaluate_model(
         "macro_f1": macro_f1(preds, gold, n_labels),
         "examples": float(len(gold)),
     }
-
-
-def _labels_from_head(head: Mapping[str, torch.Tensor]) -> int:
-    for name, tensor in head.items():
-        if name.endswith(("classifier.weight", "classifier.out_proj.weight", "score.weight")):
-            return int(tensor.shape[0])
-    raise DataError(
-        f"evaluate: cannot tell num_labels from head tensors {sorted(head)[:4]}; pass num_labels"
-    )

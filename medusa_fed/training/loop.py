@@ -134,6 +134,13 @@ def train(
         optimizer = _optimizer(team, cfg, method)
         guard = MaskedUpdate(team.shared, masks, optimizer) if masks is not None else None
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _linear(steps, cfg.warmup_ratio))
+        if not any(p.requires_grad for p in params):
+            log.warning(
+                "%s: the mask leaves nothing trainable; the branch stays at its start", desc
+            )
+            if guard is not None:
+                guard.remove()
+            return {"steps": 0.0, "train_loss": math.nan, "final_loss": math.nan, "seconds": 0.0}
         team.module.train()
         losses: list[float] = []
         started = time.perf_counter()

@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from medusa_fed.deltas import StateDict
-from medusa_fed.errors import ModelError
+from medusa_fed.errors import DataError, ModelError
 from medusa_fed.training.config import ModelSpec
 from medusa_fed.training.peft_setup import split_peft_params, wrap_with_adapter
 
@@ -198,7 +198,7 @@ def _build_team(
                     output_loading_info=True,
                 )
             else:
-                module, info = AutoModelForCausalLM.from_pretrained(
+                module, info = AutoModelForCausalLM.from_pretrained(  # type: ignore[misc]
                     str(directory),
                     dtype=torch.float32,
                     local_files_only=True,
@@ -276,3 +276,11 @@ def quiet_transformers() -> Iterator[None]:
         hf_logging.set_verbosity(level)
         if bars:
             hf_logging.enable_progress_bar()
+
+
+def labels_from_head(head: Mapping[str, torch.Tensor]) -> int:
+    """Classes of a classification head (rows of its output layer)."""
+    for name, tensor in head.items():
+        if name.endswith(("classifier.weight", "classifier.out_proj.weight", "score.weight")):
+            return int(tensor.shape[0])
+    raise DataError(f"cannot tell num_labels from head tensors {sorted(head)[:4]}; pass num_labels")

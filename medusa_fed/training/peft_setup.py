@@ -47,7 +47,7 @@ def wrap_with_adapter(
     from peft import get_peft_model
 
     try:
-        return get_peft_model(module, adapter_config(spec, head_modules, classifier))  # type: ignore[arg-type]
+        return get_peft_model(module, adapter_config(spec, head_modules, classifier))  # type: ignore[call-overload,no-any-return]
     except (ValueError, KeyError) as exc:
         raise ModelError(
             f"PEFT could not add a {spec.method} adapter to {type(module).__name__} ({exc}); "

@@ -12,11 +12,11 @@ from typing import Literal
 import torch
 
 Architecture = Literal["bert", "llama", "gpt2"]
-WORDS = (
+_WORD_LINES = (
     "good great fine nice love best fun happy bad awful poor hate worst sad dull boring movie",
     "film plot actor story scene music time the a is was it this and not very really but",
 )
-WORDS = tuple(w for line in WORDS for w in line.split())
+WORDS = tuple(w for line in _WORD_LINES for w in line.split())
 SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 
@@ -38,7 +38,7 @@ def write_tiny_model(directory: Path, arch: Architecture = "bert", seed: int = 0
     model: torch.nn.Module
     if arch == "bert":
         (directory / "vocab.txt").write_text("\n".join(vocab) + "\n")
-        from transformers import BertTokenizerFast
+        from transformers import BertTokenizerFast  # type: ignore[attr-defined]
 
         tok = BertTokenizerFast(vocab_file=str(directory / "vocab.txt"))
         model = BertModel(

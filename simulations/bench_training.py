@@ -1,0 +1,121 @@
+"""Masked vs unmasked fine-tuning step on the bundled MiniLM: time ratio and memory.
+
+Run: ``python -m medusa_fed.simulations.bench_training [--steps 12] [--density 0.333]``
+(about 2 minutes on 2 CPU cores). Two identical team models train on the same batches, steps
+interleaved (unmasked, masked, unmasked, ...) so machine load hits both alike; the table gives
+the median step time of each and their ratio, for full fine-tuning and LoRA, and the median
+time of the guard's own work (gradient masking + restore, re-run after a step; a load-robust
+overhead estimate) as a share of the unmasked step. Memory: the bytes
+the mask guard holds (exact) next to the parameter and AdamW-state bytes, and the process RSS
+growth when the guard is created.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+from tqdm.auto import tqdm
+
+from medusa_fed.masking import MaskedUpdate
+from medusa_fed.training.config import ModelSpec, TrainConfig
+from medusa_fed.training.data import Split
+from medusa_fed.training.loop import encode
+from medusa_fed.training.models import BaseModel, TeamModel, load_base
+
+TEXT = "the film is a slow , thoughtful and often very funny look at love and loss " * 8
+
+
+def _rss() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def _step(team: TeamModel, opt: torch.optim.Optimizer, batch: dict[str, torch.Tensor]) -> float:
+    start = time.perf_counter()
+    loss = team.module(**batch).loss
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_([p for p in team.module.parameters() if p.requires_grad], 1.0)
+    opt.step()
+    return time.perf_counter() - start
+
+
+def _guard_work(guard: MaskedUpdate) -> float:
+    start = time.perf_counter()
+    for part in guard._partial:  # noqa: SLF001 - the gradient masking the hooks do
+        if part.param.grad is not None:
+            part.param.grad.mul_(part.grad_mask)
+    guard.after_step()
+    return time.perf_counter() - start
+
+
+def bench(method: str, steps: int, density: float, batch_size: int) -> dict[str, float]:
+    base: BaseModel = load_base(ModelSpec(method=method))  # type: ignore[arg-type]
+    cfg = TrainConfig(batch_size=batch_size)
+    lr = cfg.lr_for(base.spec.method)
+    split = Split((TEXT,) * batch_size, (0, 1) * (batch_size // 2) + (0,) * (batch_size % 2))
+    batch = encode(base.tokenizer, split, list(range(batch_size)), cfg.max_length, causal=False)
+    plain, masked = base.build(2), base.build(2)
+    opts = [
+        torch.optim.AdamW(
+            [p for p in t.module.parameters() if p.requires_grad], lr=lr, weight_decay=0.01
+        )
+        for t in (plain, masked)
+    ]
+    gen = torch.Generator().manual_seed(0)
+    masks = {n: torch.rand(s, generator=gen) < density for n, s in base.shapes.items()}
+    rss0 = _rss()
+    guard = MaskedUpdate(masked.shared, masks, opts[1])
+    rss_guard = _rss() - rss0
+    guard_bytes = sum(
+        part.grad_mask.nbytes + part.owned.nbytes + part.start.nbytes
+        for part in guard._partial  # noqa: SLF001 - measuring the guard's own storage
+    )
+    times: dict[str, list[float]] = {"plain": [], "masked": [], "guard": []}
+    for i in tqdm(range(steps + 2), desc=f"bench {method}", unit="pair", disable=None):
+        for name, team, opt in (("plain", plain, opts[0]), ("masked", masked, opts[1])):
+            seconds = _step(team, opt, batch)
+            if i >= 2:  # first two pairs warm up allocator and caches
+                times[name].append(seconds)
+        if i >= 2:  # the guard's own work again (both parts are idempotent): load-robust cost
+            times["guard"].append(_guard_work(guard))
+    plain_s, masked_s = statistics.median(times["plain"]), statistics.median(times["masked"])
+    params = sum(p.numel() * p.element_size() for p in masked.shared.values())
+    return {
+        "plain_s": plain_s,
+        "masked_s": masked_s,
+        "ratio": masked_s / plain_s,
+        "shared_MB": params / 2**20,
+        "adam_MB": 2 * params / 2**20,
+        "guard_MB": guard_bytes / 2**20,
+        "rss_guard_MB": rss_guard / 2**20,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=12, help="timed step pairs per method")
+    parser.add_argument("--density", type=float, default=1 / 3, help="owned fraction")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--methods", default="full,lora")
+    args = parser.parse_args()
+    rows = {m: bench(m, args.steps, args.density, args.batch_size) for m in args.methods.split(",")}
+    cols = ["plain_s", "masked_s", "ratio", "guard_s", "guard_share"]
+    cols += ["shared_MB", "adam_MB", "guard_MB", "rss_guard_MB"]
+    print(
+        f"threads={torch.get_num_threads()} steps={args.steps} density={args.density:.3f} "
+        f"batch={args.batch_size} (128-token sequences)"
+    )
+    print(f"{'method':8}" + "".join(f"{c:>14}" for c in cols))
+    for method, row in rows.items():
+        print(f"{method:8}" + "".join(f"{row[c]:>14.3f}" for c in cols))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,160 @@
+"""Training engine on tiny random checkpoints: shared space, probe, masked fine-tune, evaluate."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from medusa_fed.errors import ConfigError, DataError, ModelError
+from medusa_fed.masking import MaskError
+from medusa_fed.training.branch import finetune, probe
+from medusa_fed.training.config import ModelSpec, TrainConfig
+from medusa_fed.training.data import Split, TaskData
+from medusa_fed.training.evaluate import evaluate
+from medusa_fed.training.models import BaseModel, load_base
+from medusa_fed.training.tiny_models import write_tiny_model
+
+TEXTS = ("good great fun movie", "bad awful boring film", "love this story", "hate the plot") * 6
+CLS = TaskData("toy", "classification", ("pos", "neg"), *(Split(TEXTS, (0, 1, 0, 1) * 6),) * 3)
+LM = TaskData("toylm", "language-modeling", (), *(Split(TEXTS, ()),) * 3)
+CFG = TrainConfig(max_steps=4, lr=1e-2, batch_size=8, weight_decay=0.1)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("tiny")
+    return {arch: write_tiny_model(root / arch, arch) for arch in ("bert", "llama", "gpt2")}
+
+
+def _base(tiny: dict[str, Path], arch: str, method: str) -> BaseModel:
+    family = "encoder-classifier" if arch == "bert" else "causal-lm"
+    return load_base(ModelSpec(source=str(tiny[arch]), family=family, method=method))  # type: ignore[arg-type]
+
+
+def _random_mask(base: BaseModel, seed: int, density: float = 0.3) -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    return {n: torch.rand(s, generator=gen) < density for n, s in base.shapes.items()}
+
+
+@pytest.mark.parametrize(
+    ("arch", "method", "optimizer"),
+    [
+        ("bert", "full", "adamw"),
+        ("bert", "lora", "adamw"),
+        ("bert", "ia3", "sgd"),
+        ("bert", "full", "sgd"),
+        ("llama", "full", "adamw"),
+        ("llama", "lora", "sgd"),
+        ("gpt2", "ia3", "adamw"),
+    ],
+)
+def test_masked_finetune_is_bit_exact_outside_the_mask(
+    tiny: dict[str, Path], arch: str, method: str, optimizer: str
+) -> None:
+    # Prepare
+    base = _base(tiny, arch, method)
+    mask = _random_mask(base, seed=1)
+    cfg = TrainConfig(max_steps=4, lr=1e-2, batch_size=8, weight_decay=0.1, optimizer=optimizer)  # type: ignore[arg-type]
+    # Execute
+    result = finetune(base, CLS if arch == "bert" else LM, cfg, mask=mask)
+    # Assert
+    assert set(result.delta) == set(base.shared_names)
+    for name, delta in result.delta.items():
+        assert bool((delta[~mask[name]] == 0).all()), name
+    moved = sum(int((d != 0).sum()) for d in result.delta.values())
+    assert moved > 0.5 * sum(int(m.sum()) for m in mask.values()) * 0.1
+
+
+def test_shared_space_naming_and_head(tiny: dict[str, Path]) -> None:
+    # Prepare / Execute
+    full, lora = _base(tiny, "bert", "full"), _base(tiny, "bert", "lora")
+    gpt2 = _base(tiny, "gpt2", "full")
+    team = full.build(3)
+    # Assert: bare backbone names, pooler is in the checkpoint, head is the classifier
+    assert "encoder.layer.0.attention.self.query.weight" in full.shared_names
+    assert "pooler.dense.weight" in full.shared_names
+    assert sorted(team.head) == ["classifier.bias", "classifier.weight"]
+    assert all(".lora_A." in n or ".lora_B." in n for n in lora.shared_names)
+    init = lora.shared_state()
+    assert all(bool((t == 0).all()) for n, t in init.items() if "lora_B" in n)
+    assert "lm_head.weight" not in gpt2.shared_names  # tied: counted once
+    assert full.fingerprint() == _base(tiny, "bert", "full").fingerprint()
+    assert len({full.fingerprint(), lora.fingerprint()}) == 2
+
+
+def test_probe_returns_top_d_of_the_unmasked_delta(tiny: dict[str, Path]) -> None:
+    # Prepare
+    base = _base(tiny, "bert", "full")
+    # Execute
+    result = probe(base, CLS, CFG, density=0.1)
+    dense = finetune(base, CLS, CFG).delta
+    # Assert
+    for name, sparse in result.sparse.items():
+        sparse.validate(name)
+        assert sparse.indices.numel() <= -(-dense[name].numel() // 10)
+        assert torch.equal(sparse.values, dense[name].reshape(-1)[sparse.indices])
+        if sparse.indices.numel():
+            kept_min = sparse.values.abs().min()
+            others = torch.ones(dense[name].numel(), dtype=torch.bool)
+            others[sparse.indices] = False
+            assert bool((dense[name].reshape(-1)[others].abs() <= kept_min).all())
+
+
+def test_same_seed_same_delta_and_start_continuation(tiny: dict[str, Path]) -> None:
+    # Prepare
+    base = _base(tiny, "bert", "lora")
+    first = finetune(base, CLS, CFG)
+    start = {n: base.shared_state()[n] + first.delta[n] for n in base.shared_names}
+    mask = _random_mask(base, seed=2)
+    # Execute
+    again = finetune(base, CLS, CFG)
+    second = finetune(base, CLS, CFG, mask=mask, start=start, head=first.head)
+    # Assert
+    assert all(torch.equal(first.delta[n], again.delta[n]) for n in base.shared_names)
+    team = base.build(2, shared={n: start[n] + second.delta[n] for n in start})
+    for name, param in team.shared.items():
+        keep = ~mask[name]
+        assert torch.equal(param.detach()[keep], start[name][keep])
+    assert not torch.equal(second.head["classifier.weight"], first.head["classifier.weight"])
+
+
+def test_head_only_trains_the_head_and_keeps_the_space(tiny: dict[str, Path]) -> None:
+    # Prepare
+    base = _base(tiny, "bert", "full")
+    fresh = base.build(2, head_seed=0).head_state()
+    # Execute
+    result = finetune(base, CLS, CFG, head_only=True)
+    # Assert
+    assert all(bool((d == 0).all()) for d in result.delta.values())
+    assert not torch.equal(result.head["classifier.weight"], fresh["classifier.weight"])
+
+
+def test_evaluate_reports_metrics(tiny: dict[str, Path]) -> None:
+    # Prepare
+    cls_base, lm_base = _base(tiny, "bert", "full"), _base(tiny, "llama", "full")
+    # Execute
+    cls = evaluate(cls_base, None, None, CLS.test, num_labels=2)
+    lm = evaluate(lm_base, None, None, LM.test)
+    # Assert
+    assert 0.0 <= cls["accuracy"] <= 1.0 and cls["examples"] == len(TEXTS)
+    assert lm["perplexity"] == pytest.approx(torch.tensor(lm["loss"]).exp().item(), rel=1e-5)
+    assert lm["perplexity"] > 1.0
+
+
+def test_errors_say_what_was_wrong(tiny: dict[str, Path], tmp_path: Path) -> None:
+    # Prepare
+    base = _base(tiny, "bert", "full")
+    bad_mask = {"encoder.layer.0.attention.self.query.weight": torch.ones(3, dtype=torch.bool)}
+    # Execute / Assert
+    with pytest.raises(ModelError, match="tried: local directory"):
+        load_base(ModelSpec(source=str(tmp_path / "absent")))
+    with pytest.raises(MaskError, match="expected a mask of shape"):
+        finetune(base, CLS, CFG, mask=bad_mask)
+    with pytest.raises(DataError, match="language-modeling"):
+        finetune(base, LM, CFG)
+    with pytest.raises(ConfigError):
+        TrainConfig(optimizer="adam")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError):
+        ModelSpec(method="prefix")  # type: ignore[arg-type]
