@@ -86,11 +86,14 @@ def bench(method: str, steps: int, density: float, batch_size: int) -> dict[str,
         if i >= 2:  # the guard's own work again (both parts are idempotent): load-robust cost
             times["guard"].append(_guard_work(guard))
     plain_s, masked_s = statistics.median(times["plain"]), statistics.median(times["masked"])
+    guard_s = statistics.median(times["guard"])
     params = sum(p.numel() * p.element_size() for p in masked.shared.values())
     return {
         "plain_s": plain_s,
         "masked_s": masked_s,
         "ratio": masked_s / plain_s,
+        "guard_s": guard_s,
+        "guard_share": guard_s / plain_s,
         "shared_MB": params / 2**20,
         "adam_MB": 2 * params / 2**20,
         "guard_MB": guard_bytes / 2**20,
