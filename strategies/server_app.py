@@ -1,0 +1,37 @@
+"""The coordinator as a Flower ServerApp: validates the run config, loads the base, runs Medusa.
+
+Deployment: ``flwr run`` with this app (``[tool.flwr.app.components] serverapp``) reads
+``[tool.flwr.app.config]``; the local simulation passes a RunConfig directly.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+
+from medusa_fed.report import render_table
+from medusa_fed.run_config import RunConfig
+from medusa_fed.training import load_base
+
+from .medusa_strategy import MedusaStrategy, model_spec
+
+log = logging.getLogger(__name__)
+
+
+def make_server_app(config: RunConfig | None = None) -> ServerApp:
+    """A ServerApp for ``config``, or for the run config Flower hands it when ``None``."""
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        cfg = config if config is not None else RunConfig.from_mapping(context.run_config)
+        base = load_base(model_spec(cfg))
+        report = MedusaStrategy(cfg, base).run(grid)
+        log.info("report written to %s\n%s", cfg.out_dir, render_table(report))
+
+    return app
+
+
+app = make_server_app()
