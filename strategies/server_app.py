@@ -20,15 +20,26 @@ from .medusa_strategy import MedusaStrategy, model_spec
 log = logging.getLogger(__name__)
 
 
-def make_server_app(config: RunConfig | None = None) -> ServerApp:
-    """A ServerApp for ``config``, or for the run config Flower hands it when ``None``."""
+def make_server_app(config: RunConfig | None = None,
+                    errors: list[BaseException] | None = None) -> ServerApp:
+    """A ServerApp for ``config``, or for the run config Flower hands it when ``None``.
+
+    ``errors`` (if given) receives the exception that stopped the run, so a caller that runs the
+    app inside Flower's simulation (which logs and swallows it) can raise it again.
+    """
     app = ServerApp()
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        cfg = config if config is not None else RunConfig.from_mapping(context.run_config)
-        base = load_base(model_spec(cfg))
-        report = MedusaStrategy(cfg, base).run(grid)
+        try:
+            cfg = config if config is not None else RunConfig.from_mapping(context.run_config)
+            base = load_base(model_spec(cfg))
+            report = MedusaStrategy(cfg, base).run(grid)
+        except BaseException as exc:
+            log.error("run stopped: %s: %s", type(exc).__name__, exc)
+            if errors is not None:
+                errors.append(exc)
+            raise
         log.info("report written to %s\n%s", cfg.out_dir, render_table(report))
 
     return app

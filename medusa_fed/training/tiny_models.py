@@ -40,7 +40,9 @@ def write_tiny_model(directory: Path, arch: Architecture = "bert", seed: int = 0
         (directory / "vocab.txt").write_text("\n".join(vocab) + "\n")
         from transformers import BertTokenizerFast  # type: ignore[attr-defined]
 
-        tok = BertTokenizerFast(vocab_file=str(directory / "vocab.txt"))
+        # transformers 5 takes the vocabulary itself (``vocab_file`` is silently ignored there,
+        # which left every word [UNK]); a dict works on 4.x and 5.x.
+        tok = BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)})
         model = BertModel(
             BertConfig(
                 vocab_size=len(vocab),
