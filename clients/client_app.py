@@ -12,7 +12,6 @@ import logging
 import traceback
 from collections.abc import Callable
 
-import torch
 from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
@@ -94,8 +93,7 @@ def make_client_app(site_factory: Callable[[Context], TeamSite] = site_for) -> C
                                     site.shapes_for(settings))
         head = None
         if HEAD_KEY in message.content:
-            head = {k: torch.from_numpy(v.copy())
-                    for k, v in arrays_from_record(message.content[HEAD_KEY]).items()}
+            head = codec.decode_dense(arrays_from_record(message.content[HEAD_KEY]), None)
         metrics = site.evaluate_merged(settings, shared, head)
         return RecordDict({METRICS_KEY: MetricRecord(metrics)})
 

@@ -339,9 +339,14 @@ class MedusaStrategy:
             arrays = codec.encode_dense(merged)
             teams = [t for t in self._usable("eval")]
 
+            heads = (self.masked if branch == "train" else self.free).heads
+
             def build(team: str):  # type: ignore[no-untyped-def]
+                records = {ARRAYS_KEY: record_from_arrays(arrays)}
+                if heads.get(team):  # a restarted team site gets back the head it shared
+                    records[HEAD_KEY] = record_from_arrays(codec.encode_dense(heads[team]))
                 return request(self._train_settings() | {"method-label": label, "branch": branch},
-                               **{ARRAYS_KEY: record_from_arrays(arrays)})
+                               **records)
 
             replies = exchange(grid, self.roster, "eval", MSG_EVAL, build,
                                self.config.stage_timeout_s, teams=teams, on_rejection=self._reject)

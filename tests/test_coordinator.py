@@ -1,0 +1,160 @@
+"""The coordinator's stage loop with the real ClientApp on an in-process grid (no Ray).
+
+Every test runs the real MedusaStrategy and the real team-site handlers with real Flower
+Messages on a tiny BERT and three small CSV tasks.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForSequenceClassification
+
+from medusa_fed import codec
+from medusa_fed.clients.client_app import make_client_app
+from medusa_fed.codec.records import arrays_from_record
+from medusa_fed.errors import ConfigError
+from medusa_fed.ownership import OwnershipMap
+from medusa_fed.protocol import ARRAYS_KEY, MSG_EVAL, MSG_FREE, MSG_PROBE, MSG_TRAIN
+from medusa_fed.simulations.inprocess_grid import InProcessGrid
+from medusa_fed.store.run_dir import RunDir
+from medusa_fed.strategies.medusa_strategy import MedusaStrategy, model_spec
+from medusa_fed.training import load_base
+
+
+
+def _grid(tasks: dict[str, Path], uncontrolled: tuple[str, ...] = (), silent: set[int] = frozenset(),
+          extra: dict[int, dict] | None = None) -> InProcessGrid:
+    configs = {i + 1: {"team": name, "task": str(path), "controlled": name not in uncontrolled}
+               for i, (name, path) in enumerate(sorted(tasks.items()))}
+    configs.update(extra or {})
+    return InProcessGrid(make_client_app(), configs, silent=set(silent))
+
+
+@pytest.fixture(autouse=True)
+def _config_factory(tiny_run_config):  # type: ignore[no-untyped-def]
+    global _config
+    _config = tiny_run_config
+
+
+def _run(model: Path, out: Path, grid: InProcessGrid, **overrides: object) -> tuple[dict, MedusaStrategy]:
+    cfg = _config(model, out, **overrides)
+    strategy = MedusaStrategy(cfg, load_base(model_spec(cfg)))
+    return strategy.run(grid), strategy
+
+
+def _sent(grid: InProcessGrid, message_type: str) -> list:
+    return [m for m in grid.sent if m.metadata.message_type == message_type]
+
+
+def test_full_run_every_stage_and_exact_three_way_merge(tiny_bert, tiny_tasks, tmp_path):
+    # Prepare
+    grid = _grid(tiny_tasks)
+    # Execute
+    report, strategy = _run(tiny_bert, tmp_path / "run", grid, compare="ties,task_arithmetic")
+    # Assert: every stage asked every team once
+    for kind in (MSG_PROBE, MSG_TRAIN, MSG_FREE):
+        assert len(_sent(grid, kind)) == 3
+    assert len(_sent(grid, MSG_EVAL)) == 3 * 3  # three merged models, three teams
+    assert report["methods"] == ["medusa", "ties", "task_arithmetic"]
+    run = RunDir(tmp_path / "run", readonly=True)
+    for rel in ("ownership.safetensors", "report.json", "report.md", "probe/alpha.safetensors",
+                "train/gamma.safetensors", "baseline/beta.safetensors",
+                "merged/medusa/shared.safetensors", "merged/ties/shared.safetensors"):
+        assert run.exists(rel, verify=True), rel
+    # each controlled team got its own mask, and the masks are the ownership map's
+    ownership = OwnershipMap.load(run.file_path("ownership.safetensors"))
+    masks = {}
+    for message in _sent(grid, MSG_TRAIN):
+        team = strategy.roster.team_of(message.metadata.dst_node_id)
+        masks[team] = codec.decode_mask(arrays_from_record(message.content[ARRAYS_KEY]),
+                                        strategy.shapes)
+        for name, m in masks[team].items():
+            assert torch.equal(m, ownership.mask(team)[name])
+    for name in strategy.shapes:
+        stacked = torch.stack([masks[t][name] for t in sorted(masks)]).int()
+        assert int(stacked.sum(0).max()) <= 1  # disjoint
+    # merged == base + sum of owned deltas, bit for bit
+    merged, _ = run.read_tensors("merged/medusa/shared.safetensors")
+    base = strategy.base.shared_state()
+    deltas = {t: run.read_tensors(f"train/{t}.safetensors")[0] for t in tiny_tasks}
+    for name, b in base.items():
+        expected = b.clone()
+        for team, d in deltas.items():
+            assert torch.count_nonzero(d[name][~masks[team][name]]) == 0
+            expected += d[name]
+        assert torch.equal(merged[name], expected), name
+    # the teams learned (the tasks are easy) and the report table has their numbers
+    for team in report["teams"]:
+        assert team["status"] == "ok"
+        assert team["metrics"]["alone"]["accuracy"] >= 0.75, team
+        assert set(team["metrics"]["merged"]) == {"medusa", "ties", "task_arithmetic"}
+    shares = [t["owned_share"] for t in report["teams"]]
+    assert sum(shares) == pytest.approx(1.0)
+
+
+def test_merged_team_model_loads_with_from_pretrained(tiny_bert, tiny_tasks, tmp_path):
+    report, _ = _run(tiny_bert, tmp_path / "run", _grid(tiny_tasks), epochs=1)
+    model = AutoModelForSequenceClassification.from_pretrained(tmp_path / "run/merged/medusa/alpha")
+    assert model.config.id2label == {0: "neg", 1: "pos"}
+    merged, _ = RunDir(tmp_path / "run", readonly=True).read_tensors("merged/medusa/shared.safetensors")
+    state = model.state_dict()
+    some = next(n for n in merged if n.endswith("query.weight"))
+    assert torch.equal(state[f"bert.{some}"], merged[some])
+
+
+def test_uncontrolled_team_gets_no_mask_and_is_sign_elected(tiny_bert, tiny_tasks, tmp_path):
+    grid = _grid(tiny_tasks, uncontrolled=("gamma",))
+    report, strategy = _run(tiny_bert, tmp_path / "run", grid)
+    train = {strategy.roster.team_of(m.metadata.dst_node_id): m for m in _sent(grid, MSG_TRAIN)}
+    assert ARRAYS_KEY not in train["gamma"].content  # no mask: trains freely
+    assert ARRAYS_KEY in train["alpha"].content
+    gamma = next(t for t in report["teams"] if t["name"] == "gamma")
+    assert gamma["controlled"] is False and gamma["owned_share"] is None
+    ownership = OwnershipMap.load(tmp_path / "run/ownership.safetensors")
+    assert ownership.owned_count("gamma") == 0
+    stats = strategy.merge_stats["medusa"]["totals"]
+    assert stats["overlap"] > 0  # the free branch overlaps the owners' elements
+    assert stats["sign_elected"] == stats["overlap"]
+
+
+def test_team_with_missing_data_is_left_out_and_the_run_goes_on(tiny_bert, tiny_tasks, tmp_path):
+    extra = {9: {"team": "broken", "task": str(tmp_path / "nowhere.csv")}}
+    report, strategy = _run(tiny_bert, tmp_path / "run", _grid(tiny_tasks, extra=extra))
+    reasons = " ".join(r["reason"] for r in report["rejections"])
+    assert "nowhere.csv" in reasons
+    assert sorted(strategy.roster.active) == ["alpha", "beta", "gamma"]
+    assert report["methods"] == ["medusa"]
+
+
+def test_silent_team_times_out_in_hello_and_is_reported(tiny_bert, tiny_tasks, tmp_path):
+    report, strategy = _run(tiny_bert, tmp_path / "run", _grid(tiny_tasks, silent={2}),
+                            **{"stage-timeout-s": 1})
+    assert sorted(strategy.roster.active) == ["alpha", "gamma"]
+    assert any("no reply" in r["reason"] for r in report["rejections"])
+
+
+def test_too_few_teams_stops_with_a_clear_error(tiny_bert, tiny_tasks, tmp_path):
+    grid = _grid({"alpha": tiny_tasks["alpha"]})
+    with pytest.raises(ConfigError, match="min-teams = 2"):
+        _run(tiny_bert, tmp_path / "run", grid)
+
+
+def test_restart_reuses_stored_probes_and_branches(tiny_bert, tiny_tasks, tmp_path):
+    first, _ = _run(tiny_bert, tmp_path / "run", _grid(tiny_tasks), epochs=1)
+    again = _grid(tiny_tasks)
+    second, _ = _run(tiny_bert, tmp_path / "run", again, epochs=1)
+    assert _sent(again, MSG_PROBE) == [] and _sent(again, MSG_TRAIN) == []
+    assert [t["metrics"]["merged"] for t in first["teams"]] == \
+        [t["metrics"]["merged"] for t in second["teams"]]
+
+
+def test_baseline_only_run_skips_probe_and_masks(tiny_bert, tiny_tasks, tmp_path):
+    grid = _grid(tiny_tasks)
+    report, _ = _run(tiny_bert, tmp_path / "run", grid, merge="ties:density=0.5", epochs=1)
+    assert _sent(grid, MSG_PROBE) == [] and _sent(grid, MSG_TRAIN) == []
+    assert len(_sent(grid, MSG_FREE)) == 3
+    assert report["methods"] == ["ties(density=0.5)"]
+    assert all(t["owned_share"] is None for t in report["teams"])
