@@ -57,8 +57,10 @@ def make_client_app(site_factory: Callable[[Context], TeamSite] = site_for) -> C
     @app.train("probe")
     @handle
     def probe(site: TeamSite, message: Message, _ctx: Context) -> RecordDict:
-        sparse, metrics = site.probe(dict(message.content[CONFIG_KEY]))
+        settings = dict(message.content[CONFIG_KEY])
+        sparse, metrics = site.probe(settings)
         return RecordDict({
+            CONFIG_KEY: ConfigRecord(site.sender(settings)),
             ARRAYS_KEY: record_from_arrays(codec.encode_sparse_delta(sparse)),
             METRICS_KEY: MetricRecord(metrics),
         })
@@ -76,14 +78,14 @@ def make_client_app(site_factory: Callable[[Context], TeamSite] = site_for) -> C
             payload = codec.encode_owned_values(result.delta, mask)
         else:
             payload = codec.encode_dense(result.delta)
-        return _branch_reply(site, payload, result)
+        return _branch_reply(site, settings, payload, result)
 
     @app.train("free")
     @handle
     def free(site: TeamSite, message: Message, context: Context) -> RecordDict:
         settings = dict(message.content[CONFIG_KEY])
         result = site.finetune(settings, None, branch="baseline")
-        return _branch_reply(site, codec.encode_dense(result.delta), result)
+        return _branch_reply(site, settings, codec.encode_dense(result.delta), result)
 
     @app.evaluate("merged")
     @handle
@@ -100,8 +102,9 @@ def make_client_app(site_factory: Callable[[Context], TeamSite] = site_for) -> C
     return app
 
 
-def _branch_reply(site: TeamSite, payload: dict, result) -> RecordDict:  # type: ignore[no-untyped-def]
+def _branch_reply(site: TeamSite, settings: dict, payload: dict, result) -> RecordDict:  # type: ignore[no-untyped-def]
     content = RecordDict({
+        CONFIG_KEY: ConfigRecord(site.sender(settings)),
         ARRAYS_KEY: record_from_arrays(payload),
         METRICS_KEY: MetricRecord({k: float(v) for k, v in result.metrics.items()}),
     })

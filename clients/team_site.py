@@ -120,6 +120,11 @@ class TeamSite:
             return None
         return decode_dense(arrays_from_record(self.state[key]), None)  # type: ignore[arg-type]
 
+    def sender(self, settings: Mapping[str, Any]) -> dict[str, str]:
+        """Who made a payload: the team and the fingerprint of the base it started from."""
+        return {"team": self.team.name,
+                "fingerprint": base_for(spec_from_settings(settings)).fingerprint()}
+
     # ---------------------------------------------------------------- stages
     def hello(self, settings: Mapping[str, Any]) -> dict[str, Any]:
         """Load the base named by the coordinator and describe this team (no data leaves)."""
@@ -203,6 +208,20 @@ class TeamSite:
                         desc=f"eval {settings.get('method-label', '')} {self.team.name}")
 
 
+def show_progress() -> None:
+    """In a process with no logging set up (a Ray actor, a SuperNode's ClientApp), log medusa's
+    INFO lines (training steps, evaluation) so the site's progress is visible."""
+    root = logging.getLogger()
+    if not root.handlers:
+        logging.basicConfig(level=logging.WARNING,
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                            datefmt="%H:%M:%S")
+    medusa = logging.getLogger("medusa_fed")
+    if medusa.level == logging.NOTSET:
+        medusa.setLevel(logging.INFO)
+
+
 def site_for(context: Context) -> TeamSite:
     """The TeamSite of a Flower node: its node config names the team's data and choices."""
+    show_progress()
     return TeamSite(TeamConfig.from_node_config(context.node_config), context.state)

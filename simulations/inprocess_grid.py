@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import itertools
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from flwr.app import Context, Error, Message, RecordDict
@@ -35,11 +35,17 @@ class InProcessGrid(Grid):
         Node id -> that node's node config (e.g. its task and whether it is controlled).
     silent : set[int] | None (default: None)
         Nodes that never answer (a timeout, as the coordinator sees it).
+    tamper : Callable[[int, Message, Message], list[Message]] | None (default: None)
+        Fault injection: given (node id, request, reply), the replies to deliver instead (none:
+        a lost reply; two: a duplicate; a changed one: a corrupted payload).
     run_id : int (default: 1)
     """
 
     def __init__(self, client_app: ClientApp, node_configs: Mapping[int, Mapping[str, Any]],
-                 silent: set[int] | None = None, run_id: int = 1) -> None:
+                 silent: set[int] | None = None,
+                 tamper: Callable[[int, Message, Message], list[Message]] | None = None,
+                 run_id: int = 1) -> None:
+        self.tamper = tamper
         self.client_app = client_app
         self.node_configs = {int(k): dict(v) for k, v in node_configs.items()}
         self.silent = set(silent or ())
@@ -50,7 +56,7 @@ class InProcessGrid(Grid):
         }
         self._run = Run.create_empty(run_id)
         self._ids = itertools.count(1)
-        self._replies: dict[str, Message] = {}
+        self._replies: dict[str, list[Message]] = {}
         self.sent: list[Message] = []  # every message pushed, for tests to inspect
         # Messages built outside a running Flower app need a task identity.
         TaskIdentity.run_id = run_id
@@ -86,11 +92,13 @@ class InProcessGrid(Grid):
                 reply = Message(Error(404, f"no node {node}"), reply_to=message)
             else:
                 reply = self.client_app(message, self.contexts[node])
-            self._replies[mid] = reply
+            replies = [reply] if self.tamper is None else self.tamper(node, message, reply)
+            if replies:
+                self._replies[mid] = replies
         return ids
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        return [self._replies.pop(mid) for mid in message_ids if mid in self._replies]
+        return [r for mid in message_ids if mid in self._replies for r in self._replies.pop(mid)]
 
     def send_and_receive(self, messages: Iterable[Message], *,
                          timeout: float | None = None) -> Iterable[Message]:

@@ -56,9 +56,10 @@ def parse_teams(text: str, uncontrolled: Sequence[str] = (),
 
 
 def _site_factory(teams: Sequence[TeamConfig]):  # type: ignore[no-untyped-def]
-    from medusa_fed.clients.team_site import TeamSite
+    from medusa_fed.clients.team_site import TeamSite, show_progress
 
     def site(context: Context) -> TeamSite:
+        show_progress()
         pid = int(context.node_config["partition-id"])
         return TeamSite(teams[pid], context.state)
 

@@ -22,7 +22,7 @@ from flwr.serverapp import Grid
 from medusa_fed import codec
 from medusa_fed.codec.records import arrays_from_record, record_from_arrays
 from medusa_fed.deltas import SparseDelta, StateDict
-from medusa_fed.errors import ConfigError, MedusaError
+from medusa_fed.errors import ConfigError, MedusaError, PayloadError
 from medusa_fed.merging import MergeSpec, merge_report, merge_states
 from medusa_fed.ownership import OwnershipMap, assign_ownership
 from medusa_fed.protocol import (
@@ -79,6 +79,8 @@ class MedusaStrategy:
         self.eval_metrics: dict[str, dict[str, dict[str, float]]] = {}  # method -> team -> metrics
         self.bytes: dict[str, dict[str, dict[str, int]]] = {}
         self.timings: dict[str, float] = {}
+        # No honest payload is larger than twice a dense fp32 copy of the shared space.
+        self.max_payload_bytes = 2 * codec.dense_fp32_nbytes(self.shapes)
 
     # ------------------------------------------------------------------ the loop
     def run(self, grid: Grid) -> dict:
@@ -165,15 +167,17 @@ class MedusaStrategy:
         steer the direction, paper Algorithm 1 line 5)."""
         teams = self._usable("probe")
         cfg = self.config
-        todo = [t for t in teams if not self.run_dir.exists(f"probe/{t}.safetensors")]
+        todo = [t for t in teams if not self._stored(t, "probe", f"probe/{t}.safetensors")]
         settings = {"epochs": cfg.probe_epochs, "max-steps": cfg.probe_max_steps,
                     "density": cfg.probe_density, **self._train_settings()}
         replies = exchange(grid, self.roster, "probe", MSG_PROBE, lambda _t: request(settings),
                            cfg.stage_timeout_s, teams=todo, on_rejection=self._reject)
         for team, reply in replies.items():
             try:
+                self._check_sender(team, reply)
                 arrays = arrays_from_record(reply.content[ARRAYS_KEY])
-                codec.decode_sparse_delta(arrays, self.shapes, team=team)  # validate before storing
+                codec.decode_sparse_delta(arrays, self.shapes, team=team,  # validate, then store
+                                          max_bytes=self.max_payload_bytes)
             except (MedusaError, KeyError) as exc:
                 self._drop(team, "probe", f"payload rejected: {exc}")
                 continue
@@ -217,7 +221,7 @@ class MedusaStrategy:
         an uncontrolled team trains freely and returns its full delta."""
         assert self.ownership is not None  # set by assign()
         teams = self._usable("train")
-        todo = [t for t in teams if not self.run_dir.exists(f"train/{t}.safetensors")]
+        todo = [t for t in teams if not self._stored(t, "train", f"train/{t}.safetensors")]
         masks = {t: self.ownership.mask(t) for t in teams if self.roster.controlled(t)}
 
         def build(team: str):  # type: ignore[no-untyped-def]
@@ -237,7 +241,7 @@ class MedusaStrategy:
     def train_free(self, grid: Grid) -> None:
         """Unmasked fine-tuning for the post-hoc baselines (same budget as TRAIN)."""
         teams = self._usable("baseline")
-        todo = [t for t in teams if not self.run_dir.exists(f"baseline/{t}.safetensors")]
+        todo = [t for t in teams if not self._stored(t, "baseline", f"baseline/{t}.safetensors")]
         settings = self._train_settings() | {"controlled": False}
         replies = exchange(grid, self.roster, "baseline", MSG_FREE, lambda _t: request(settings),
                            self.config.stage_timeout_s, teams=todo, on_rejection=self._reject)
@@ -249,13 +253,15 @@ class MedusaStrategy:
                       mask: dict[str, torch.Tensor] | None) -> None:
         """Validate one TRAIN reply completely, then store it (payload, head, metrics)."""
         try:
+            self._check_sender(team, reply)
             arrays = arrays_from_record(reply.content[ARRAYS_KEY])
+            limit = self.max_payload_bytes
             if mask is not None:  # controlled: owned values only, in mask order
-                delta = codec.decode_owned_values(arrays, mask, team=team)
+                delta = codec.decode_owned_values(arrays, mask, team=team, max_bytes=limit)
             else:
-                delta = codec.decode_dense(arrays, self.shapes, team=team)
+                delta = codec.decode_dense(arrays, self.shapes, team=team, max_bytes=limit)
             head = (codec.decode_dense(arrays_from_record(reply.content[HEAD_KEY]), None,
-                                       team=team)
+                                       team=team, max_bytes=limit)
                     if HEAD_KEY in reply.content else {})
             metrics = dict(reply.content[METRICS_KEY]) if METRICS_KEY in reply.content else {}
         except (MedusaError, KeyError) as exc:
@@ -276,6 +282,31 @@ class MedusaStrategy:
             if self.run_dir.exists(f"{stage}/{team}.head.safetensors"):
                 into.heads[team], _ = self.run_dir.read_tensors(f"{stage}/{team}.head.safetensors")
             into.metrics[team] = self.run_dir.read_json(f"{stage}/{team}.metrics.json")
+
+    def _check_sender(self, team: str, reply: Message) -> None:
+        """The reply must name the team and the base fingerprint it was trained from."""
+        facts = dict(reply.content[CONFIG_KEY]) if CONFIG_KEY in reply.content else {}
+        if facts.get("team") != team:
+            raise PayloadError(f"reply names team {facts.get('team')!r}, expected {team!r} (the "
+                               "team registered for this node); payload rejected")
+        if facts.get("fingerprint") != self.fingerprint:
+            raise PayloadError(
+                f"payload was made from base {str(facts.get('fingerprint'))[:12]}..., expected "
+                f"the run's base {self.fingerprint[:12]}...; payload rejected, other teams "
+                "unaffected")
+
+    def _stored(self, team: str, stage: str, relpath: str) -> bool:
+        """Whether ``relpath`` is stored intact. A file that fails its hash check is removed
+        (and the team asked again), never used."""
+        if not self.run_dir.exists(relpath):
+            return False
+        if self.run_dir.exists(relpath, verify=True):
+            return True
+        reason = f"stored {relpath} failed its sha256 check; removed, the team is asked again"
+        log.warning("%s: %s", stage, reason)
+        self._reject(team, stage, reason)
+        self.run_dir.remove(relpath)
+        return False
 
     def _drop(self, team: str, stage: str, reason: str) -> None:
         self._reject(team, stage, reason)

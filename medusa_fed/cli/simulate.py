@@ -11,7 +11,6 @@ Hugging Face directories, report.json, report.md and plots/*.png.
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Annotated
 
@@ -69,7 +68,7 @@ def simulate(
             raise typer.BadParameter(f"--backend: expected ray or inprocess, found {backend!r}")
         report = run(config, team_list, backend=backend)  # type: ignore[arg-type]
     except MedusaError as exc:
-        logging.getLogger("medusa").error("%s", exc)
+        typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
     typer.echo("")
     typer.echo(render_table(report))
