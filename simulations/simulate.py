@@ -55,6 +55,24 @@ def parse_teams(text: str, uncontrolled: Sequence[str] = (),
     return teams
 
 
+def preflight(teams: Sequence[TeamConfig]) -> None:
+    """Fail before any process starts if a team's data cannot be found (names team and path)."""
+    from medusa_fed.training.tasks import BUNDLED_TASKS, SUPPORTED_SUFFIXES, locate_package
+
+    for team in teams:
+        if team.task in BUNDLED_TASKS:
+            locate_package(BUNDLED_TASKS[team.task])  # DataError with the install command
+            continue
+        path = Path(team.task)
+        if not path.is_file():
+            raise ConfigError(
+                f"team {team.name!r}: expected a bundled task ({', '.join(sorted(BUNDLED_TASKS))}) "
+                f"or a data file, found no file at {path}; fix the path in --teams")
+        if path.suffix.lower() not in SUPPORTED_SUFFIXES:
+            raise ConfigError(f"team {team.name!r}: {path} is not one of "
+                              f"{', '.join(SUPPORTED_SUFFIXES)}; convert it or rename it")
+
+
 def _site_factory(teams: Sequence[TeamConfig]):  # type: ignore[no-untyped-def]
     from medusa_fed.clients.team_site import TeamSite, show_progress
 
@@ -87,6 +105,7 @@ def simulate(config: RunConfig, teams: Sequence[TeamConfig], backend: Backend = 
     if len(teams) < config.min_teams:
         raise ConfigError(f"{len(teams)} team(s) given, the run config needs min-teams = "
                           f"{config.min_teams}; add teams or lower min-teams")
+    preflight(teams)
     client_app = make_client_app(_site_factory(list(teams)))
     log.info("simulate: %d teams %s on %s, run directory %s", len(teams),
              [t.name + ("" if t.controlled else " (uncontrolled)") for t in teams], backend,

@@ -90,3 +90,21 @@ def test_cli_simulate_bad_config_exits_with_the_reason(tmp_path: Path):
     result = CliRunner().invoke(app, ["simulate", "--merge", "nope", "--out", str(tmp_path)])
     assert result.exit_code == 2
     assert "unknown merge method 'nope'" in result.output
+
+
+def test_missing_data_file_fails_before_anything_starts(tiny_bert, tiny_run_config, tmp_path):
+    teams = parse_teams(f"alpha=movie,legal={tmp_path / 'missing.csv'}")
+    with pytest.raises(ConfigError, match=r"team 'legal'.*found no file at .*missing.csv"):
+        simulate(tiny_run_config(tiny_bert, tmp_path / "r"), teams, backend="inprocess")
+    assert not (tmp_path / "r").exists()
+
+
+def test_base_model_that_does_not_load_stops_the_run(tiny_tasks, tiny_run_config, tmp_path):
+    from medusa_fed.errors import MedusaError
+
+    broken = tmp_path / "broken-model"
+    broken.mkdir()
+    (broken / "config.json").write_text("{not json")
+    teams = parse_teams(",".join(f"{n}={p}" for n, p in sorted(tiny_tasks.items())))
+    with pytest.raises(MedusaError, match="broken-model"):
+        simulate(tiny_run_config(broken, tmp_path / "r"), teams, backend="inprocess")
