@@ -23,7 +23,7 @@ from medusa_fed import codec
 from medusa_fed.codec.records import arrays_from_record, record_from_arrays
 from medusa_fed.deltas import SparseDelta, StateDict
 from medusa_fed.errors import ConfigError, MedusaError, PayloadError
-from medusa_fed.merging import MergeSpec, merge_report, merge_states
+from medusa_fed.merging import MergeSpec, merge_states_with_report
 from medusa_fed.ownership import OwnershipMap, assign_ownership
 from medusa_fed.protocol import (
     ARRAYS_KEY, CONFIG_KEY, HEAD_KEY, METRICS_KEY, MSG_EVAL, MSG_FREE, MSG_HELLO, MSG_PROBE,
@@ -334,12 +334,11 @@ class MedusaStrategy:
                 log.warning("merge: no branch to merge for %s", choice.label)
                 continue
             spec = _merge_spec(choice, self.config.seed)
-            merged = merge_states(self.base_state, deltas, spec,
-                                  uncontrolled=uncontrolled if choice.method == "medusa" else (),
-                                  progress=True)
+            merged, stats = merge_states_with_report(
+                self.base_state, deltas, spec,
+                uncontrolled=uncontrolled if choice.method == "medusa" else (), progress=True)
             self.merged[choice.label] = merged
-            self.merge_stats[choice.label] = merge_report(self.base_state, deltas, spec,
-                                                          uncontrolled=uncontrolled)
+            self.merge_stats[choice.label] = stats
             self._save_merged(choice.label, merged, branches,
                               main=choice is self.config.merge and self.config.uses_ownership)
             log.info("merge: %s merged %d branches", choice.label, len(deltas))
