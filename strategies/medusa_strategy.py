@@ -168,8 +168,8 @@ class MedusaStrategy:
         teams = self._usable("probe")
         cfg = self.config
         todo = [t for t in teams if not self._stored(t, "probe", f"probe/{t}.safetensors")]
-        settings = {"epochs": cfg.probe_epochs, "max-steps": cfg.probe_max_steps,
-                    "density": cfg.probe_density, **self._train_settings()}
+        settings = {**self._train_settings(), "epochs": cfg.probe_epochs,
+                    "max-steps": cfg.probe_max_steps, "density": cfg.probe_density}
         replies = exchange(grid, self.roster, "probe", MSG_PROBE, lambda _t: request(settings),
                            cfg.stage_timeout_s, teams=todo, on_rejection=self._reject)
         for team, reply in replies.items():

@@ -158,3 +158,13 @@ def test_baseline_only_run_skips_probe_and_masks(tiny_bert, tiny_tasks, tmp_path
     assert len(_sent(grid, MSG_FREE)) == 3
     assert report["methods"] == ["ties(density=0.5)"]
     assert all(t["owned_share"] is None for t in report["teams"])
+
+
+def test_probe_uses_the_probe_budget_not_the_training_budget(tiny_bert, tiny_tasks, tmp_path):
+    grid = _grid(tiny_tasks)
+    _run(tiny_bert, tmp_path / "run", grid, epochs=3, **{"probe-epochs": 0.5, "probe-density": 0.1})
+    (probe,) = [m for m in _sent(grid, MSG_PROBE) if m.metadata.dst_node_id == 1]
+    settings = dict(probe.content["config"])
+    assert settings["epochs"] == 0.5 and settings["density"] == 0.1
+    (train,) = [m for m in _sent(grid, MSG_TRAIN) if m.metadata.dst_node_id == 1]
+    assert dict(train.content["config"])["epochs"] == 3.0
