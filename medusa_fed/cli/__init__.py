@@ -3,6 +3,7 @@
 from medusa_fed.cli.app import app
 
 # Each module below adds its commands to ``app`` when imported (one line per module).
+from medusa_fed.cli import bench as _bench  # noqa: E402,F401  medusa bench
 from medusa_fed.cli import simulate as _simulate  # noqa: E402,F401  medusa simulate
 from medusa_fed.cli import train as _train  # noqa: E402,F401  medusa train
 

@@ -1,0 +1,73 @@
+"""``medusa bench``: merged-model quality of Medusa variants against the post-hoc baselines.
+
+    medusa bench --mode quick --out runs/bench-quick      # under 15 minutes on 2 cores
+    medusa bench --mode full --out runs/bench-full        # every variant, 3 seeds (hours)
+
+prints the tables (also in ``results.md``) and writes ``results.json``, ``accuracy.png`` and
+``normalized.png`` to ``--out``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from typer import Option
+
+from medusa_fed.cli.app import app
+
+
+def bench_config(mode: str, method: str, seeds: str, variants: str):  # type: ignore[no-untyped-def]
+    """The BenchConfig of a mode (``quick`` or ``full``), with optional overrides."""
+    from medusa_fed.simulations.benchmark import FULL_GRID, BenchConfig
+    from medusa_fed.simulations.variants import VARIANTS, default_variants
+
+    if mode not in ("quick", "full"):
+        raise typer.BadParameter(f"--mode: expected quick or full, found {mode!r}")
+    cfg = BenchConfig(method=method)
+    if mode == "full":
+        tasks = cfg.teams
+        cfg.settings = tuple(itertools.combinations(tasks, 3)) + (tasks,)
+        cfg.seeds = (0, 1, 2)
+        cfg.max_train, cfg.max_validation, cfg.max_test = 1000, 300, 500
+        cfg.max_length = 128
+        cfg.grid = dict(FULL_GRID)
+        cfg.variants = tuple(VARIANTS.values())
+    else:
+        cfg.variants = default_variants()
+    if seeds:
+        cfg.seeds = tuple(int(s) for s in seeds.split(","))
+    if variants:
+        unknown = [v for v in variants.split(",") if v not in VARIANTS]
+        if unknown:
+            raise typer.BadParameter(f"--variants: unknown {unknown}; expected some of "
+                                     f"{', '.join(VARIANTS)}")
+        cfg.variants = tuple(VARIANTS[v] for v in variants.split(","))
+    return cfg
+
+
+@app.command()
+def bench(
+    mode: Annotated[str, Option(help="quick (< 15 min on 2 cores) or full")] = "quick",
+    out: Annotated[Path, Option(help="Output directory.")] = Path("runs/bench"),
+    method: Annotated[str, Option(help="full | lora | ia3")] = "full",
+    seeds: Annotated[str, Option(help="Comma-separated seeds (default: the mode's).")] = "",
+    variants: Annotated[str, Option(help="Comma-separated Medusa variants (default: the "
+                                         "mode's); see medusa_fed.simulations.variants.")] = "",
+) -> None:
+    """Benchmark merged-model quality on the bundled tasks and write tables and plots."""
+    from medusa_fed.simulations import bench_report
+    from medusa_fed.simulations.benchmark import Bench
+
+    cfg = bench_config(mode, method, seeds, variants)
+    started = time.monotonic()
+    cells = Bench(cfg, progress=lambda msg: typer.echo(f"[{time.monotonic() - started:6.0f} s] "
+                                                       f"{msg}", err=True)).run()
+    wall = time.monotonic() - started
+    path = bench_report.write(out, cells, cfg, wall)
+    typer.echo(path.read_text())
+    typer.echo(f"written: {path}, {out / 'results.json'}, {out / 'accuracy.png'}, "
+               f"{out / 'normalized.png'}")

@@ -1,0 +1,148 @@
+"""The benchmark's output: Markdown tables in the paper's layout, results.json, PNG plots.
+
+Table per setting: one row per method, one column per task, then the average and the average
+normalised by each team's alone accuracy (the paper's "normalised accuracy"); every number is
+the mean over seeds, with the standard deviation when there are several.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import statistics
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from medusa_fed.store.atomic import atomic_write
+
+from .benchmark import BenchConfig, Cell
+
+
+def _fmt(values: Sequence[float]) -> str:
+    values = [v for v in values if not math.isnan(v)]
+    if not values:
+        return "-"
+    mean = statistics.fmean(values)
+    if len(values) == 1:
+        return f"{100 * mean:.1f}"
+    return f"{100 * mean:.1f} ± {100 * statistics.stdev(values):.1f}"
+
+
+def summarize(cells: Sequence[Cell]) -> dict[str, dict[str, dict[str, list[float]]]]:
+    """setting -> method -> column (task names, avg, norm, seconds) -> values over seeds."""
+    alone = {(c.setting, c.seed): c.test for c in cells if c.method == "alone"}
+    out: dict[str, dict[str, dict[str, list[float]]]] = defaultdict(lambda: defaultdict(
+        lambda: defaultdict(list)))
+    for c in cells:
+        col = out[c.setting][c.method]
+        for team, acc in c.test.items():
+            col[team].append(acc)
+        col["avg"].append(c.mean)
+        ref = alone.get((c.setting, c.seed), {})
+        if ref:
+            col["norm"].append(statistics.fmean(c.test[t] / ref[t] for t in c.test if ref.get(t)))
+        col["seconds"].append(c.seconds)
+    return out
+
+
+def markdown(cells: Sequence[Cell], cfg: BenchConfig, wall_s: float) -> str:
+    summary = summarize(cells)
+    seeds = sorted({c.seed for c in cells})
+    lines = [
+        "# Merged-model quality: Medusa against post-hoc merges",
+        "",
+        f"Base all-MiniLM-L6-v2, {cfg.method} fine-tuning, {cfg.max_train} train / "
+        f"{cfg.max_validation} validation / {cfg.max_test} test examples per task, "
+        f"{cfg.epochs:g} epochs, lr {cfg.lr:g}, batch {cfg.batch_size}, max length "
+        f"{cfg.max_length}, probe {cfg.probe_epochs:g} epoch; seeds {seeds}. Test accuracy "
+        "(%), mean ± std over seeds; `norm` = merged / alone accuracy averaged over teams. "
+        "Hyperparameters chosen on validation (grid below). "
+        f"Wall time {wall_s / 60:.1f} min.",
+        "",
+    ]
+    for setting, methods in summary.items():
+        teams = setting.split("+")
+        lines += [f"## {len(teams)} teams: {', '.join(teams)}", "",
+                  "| method | " + " | ".join(teams) + " | avg | norm | chosen | s |",
+                  "|---|" + "---|" * (len(teams) + 4)]
+        chosen = {}
+        for c in cells:
+            if c.setting == setting:
+                chosen.setdefault(c.method, []).append(
+                    ",".join(f"{k}={v:g}" for k, v in c.params.items()
+                             if k in ("scale", "density", "drop_rate")))
+        for method, col in methods.items():
+            row = [method, *(_fmt(col[t]) for t in teams), _fmt(col["avg"]),
+                   _fmt(col["norm"]) if col["norm"] else "-",
+                   "; ".join(sorted(set(chosen.get(method, [])))) or "-",
+                   f"{statistics.fmean(col['seconds']):.0f}"]
+            lines.append("| " + " | ".join(row) + " |")
+        lines.append("")
+    lines += ["## Grid searched on validation", ""]
+    for method, grid in cfg.grid.items():
+        lines.append(f"- {method}: " + ("; ".join(
+            ",".join(f"{k}={v:g}" for k, v in p.items()) or "(no parameters)" for p in grid)))
+    for v in cfg.variants:
+        lines.append(f"- {v.name}: policy={v.policy}, unselected={v.unselected}, probe d="
+                     f"{v.density:g}, rounds={v.rounds}, scale in {list(v.scales)}"
+                     + (", last team uncontrolled" if v.uncontrolled_last else ""))
+    return "\n".join(lines) + "\n"
+
+
+def plot(cells: Sequence[Cell]) -> dict[str, bytes]:
+    """accuracy.png (per task and method) and normalized.png (avg merged / alone) per setting."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    summary = summarize(cells)
+    out = {}
+    for kind in ("accuracy", "normalized"):
+        fig, axes = plt.subplots(1, len(summary), figsize=(7 * len(summary), 5), squeeze=False)
+        for ax, (setting, methods) in zip(axes[0], summary.items(), strict=True):
+            names = list(methods)
+            if kind == "accuracy":
+                teams = setting.split("+")
+                width = 0.8 / len(teams)
+                for i, team in enumerate(teams):
+                    ys = [100 * statistics.fmean(methods[m][team]) for m in names]
+                    ax.bar([x + i * width for x in range(len(names))], ys, width, label=team)
+                ax.set_ylabel("test accuracy (%)")
+                ax.legend(fontsize=8)
+            else:
+                ys = [statistics.fmean(methods[m]["norm"]) if methods[m]["norm"] else 0
+                      for m in names]
+                ax.bar(range(len(names)), ys, color="tab:purple")
+                ax.axhline(1.0, color="gray", lw=0.8)
+                ax.set_ylabel("merged / alone accuracy")
+            ax.set_xticks(range(len(names)))
+            ax.set_xticklabels(names, rotation=60, ha="right", fontsize=8)
+            ax.set_title(setting)
+        fig.tight_layout()
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=110)
+        plt.close(fig)
+        out[f"{kind}.png"] = buf.getvalue()
+    return out
+
+
+def write(out_dir: Path, cells: Sequence[Cell], cfg: BenchConfig, wall_s: float) -> Path:
+    """Write results.json, results.md and the plots into ``out_dir``; return the Markdown path."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    payload: dict[str, Any] = {
+        "config": {**asdict(cfg), "variants": [asdict(v) for v in cfg.variants]},
+        "wall_s": round(wall_s, 1),
+        "cells": [{**asdict(c), "mean": c.mean} for c in cells],
+    }
+    atomic_write(out_dir / "results.json",
+                 json.dumps(payload, indent=2, default=str).encode())
+    md = markdown(cells, cfg, wall_s)
+    atomic_write(out_dir / "results.md", md.encode())
+    for name, png in plot(cells).items():
+        atomic_write(out_dir / name, png)
+    return out_dir / "results.md"

@@ -1,0 +1,37 @@
+"""Named Medusa variants the benchmark compares (``medusa bench --variants a,b``).
+
+The paper's recipe is ``proportional``; the others change one thing each:
+
+- ``argmax`` / ``balanced``: the owner policy (the largest probe delta wins / near-equal shares);
+- ``uncontrolled``: the setting's last team refuses masks (sign election on its overlaps);
+- ``frozen``: elements no probe selected stay at the base instead of going to a random team, so
+  each team trains only the elements its own probe ranked;
+- ``frozen-d50``: the same with a denser probe (top 50%);
+- ``scaled``: base + lambda * sum of owned deltas, lambda chosen on validation;
+- ``rounds2`` / ``rounds4``: the same total epochs split into R rounds; after each round the
+  coordinator merges and every team continues masked training of its own elements from the merge
+  (and its own head), so it adapts to the others' changes.
+"""
+
+from __future__ import annotations
+
+from .benchmark import MedusaVariant
+
+SCALES = (0.7, 1.0, 1.3, 1.6)
+
+VARIANTS: dict[str, MedusaVariant] = {v.name: v for v in (
+    MedusaVariant("proportional"),
+    MedusaVariant("argmax", policy="argmax"),
+    MedusaVariant("balanced", policy="balanced"),
+    MedusaVariant("uncontrolled", uncontrolled_last=True),
+    MedusaVariant("frozen", unselected="frozen"),
+    MedusaVariant("frozen-d50", unselected="frozen", density=0.5),
+    MedusaVariant("scaled", scales=SCALES),
+    MedusaVariant("rounds2", rounds=2),
+    MedusaVariant("rounds4", rounds=4),
+)}
+
+
+def default_variants() -> tuple[MedusaVariant, ...]:
+    """Quick mode: the paper's recipe, one uncontrolled team, and the tuned default."""
+    return (VARIANTS["proportional"], VARIANTS["uncontrolled"], VARIANTS["scaled"])
