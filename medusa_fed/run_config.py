@@ -90,6 +90,9 @@ class RunConfig:
     stage_timeout_s: float = 3600.0  # how long each stage waits for replies
     seed: int = 0
     out_dir: str = "runs/latest"
+    # branch store the run is imported into when it ends (medusa log / merge / export read it):
+    # "" = <out-dir>/../.medusa-store (runs/.medusa-store by default), "off" = not imported
+    store: str = ""
 
     def __post_init__(self) -> None:
         def choice(name: str, value: object, allowed: tuple[str, ...]) -> None:

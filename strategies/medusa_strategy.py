@@ -31,6 +31,7 @@ from medusa_fed.protocol import (
 )
 from medusa_fed.report import write_report
 from medusa_fed.run_config import MergeChoice, RunConfig
+from medusa_fed.store.importer import import_after_run
 from medusa_fed.store.run_dir import RunDir
 from medusa_fed.training.config import ModelSpec
 from medusa_fed.training.export import save_model_dir
@@ -98,6 +99,7 @@ class MedusaStrategy:
         self._timed("eval", lambda: self.evaluate(grid))
         report = build_report(self)
         write_report(report, self.run_dir)
+        import_after_run(self.run_dir, self.config.store)  # into the branch store: `medusa log`
         return report
 
     def _timed(self, stage: str, fn) -> None:  # type: ignore[no-untyped-def]
