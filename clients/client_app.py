@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
@@ -23,6 +23,15 @@ from medusa_fed.protocol import ARRAYS_KEY, CONFIG_KEY, HEAD_KEY, METRICS_KEY
 from .team_site import TeamSite, site_for
 
 log = logging.getLogger(__name__)
+
+
+def metric_record(values: Mapping[str, float]) -> MetricRecord:
+    return MetricRecord({str(k): float(v) for k, v in values.items()})
+
+
+def config_record(values: Mapping[str, object]) -> ConfigRecord:
+    return ConfigRecord(dict(values))  # type: ignore[arg-type]  # values are str/int/float/bool
+
 
 ERROR_MEDUSA = 1  # a MedusaError: bad data, config, payload or model (reason says which)
 ERROR_UNEXPECTED = 2  # anything else (reason carries the traceback)
@@ -39,7 +48,9 @@ def make_client_app(site_factory: Callable[[Context], TeamSite] = site_for) -> C
                 return Message(fn(site, message, context), reply_to=message)
             except MedusaError as exc:
                 log.error("%s: %s", message.metadata.message_type, exc)
-                return Message(Error(ERROR_MEDUSA, f"{type(exc).__name__}: {exc}"), reply_to=message)
+                return Message(
+                    Error(ERROR_MEDUSA, f"{type(exc).__name__}: {exc}"), reply_to=message
+                )
             except Exception as exc:  # noqa: BLE001 - reported to the coordinator, not swallowed
                 log.exception("%s failed", message.metadata.message_type)
                 reason = f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=5)}"
@@ -52,18 +63,20 @@ def make_client_app(site_factory: Callable[[Context], TeamSite] = site_for) -> C
     @handle
     def hello(site: TeamSite, message: Message, _ctx: Context) -> RecordDict:
         facts = site.hello(dict(message.content[CONFIG_KEY]))
-        return RecordDict({CONFIG_KEY: ConfigRecord(facts)})
+        return RecordDict({CONFIG_KEY: config_record(facts)})
 
     @app.train("probe")
     @handle
     def probe(site: TeamSite, message: Message, _ctx: Context) -> RecordDict:
         settings = dict(message.content[CONFIG_KEY])
         sparse, metrics = site.probe(settings)
-        return RecordDict({
-            CONFIG_KEY: ConfigRecord(site.sender(settings)),
-            ARRAYS_KEY: record_from_arrays(codec.encode_sparse_delta(sparse)),
-            METRICS_KEY: MetricRecord(metrics),
-        })
+        return RecordDict(
+            {
+                CONFIG_KEY: config_record(site.sender(settings)),
+                ARRAYS_KEY: record_from_arrays(codec.encode_sparse_delta(sparse)),
+                METRICS_KEY: metric_record(metrics),
+            }
+        )
 
     @app.train("finetune")
     @handle
@@ -71,8 +84,9 @@ def make_client_app(site_factory: Callable[[Context], TeamSite] = site_for) -> C
         settings = dict(message.content[CONFIG_KEY])
         mask = None
         if ARRAYS_KEY in message.content:
-            mask = codec.decode_mask(arrays_from_record(message.content[ARRAYS_KEY]),
-                                     site.shapes_for(settings))
+            mask = codec.decode_mask(
+                arrays_from_record(message.content[ARRAYS_KEY]), site.shapes_for(settings)
+            )
         result = site.finetune(settings, mask, branch="train")
         if mask is not None:
             payload = codec.encode_owned_values(result.delta, mask)
@@ -91,23 +105,26 @@ def make_client_app(site_factory: Callable[[Context], TeamSite] = site_for) -> C
     @handle
     def evaluate(site: TeamSite, message: Message, context: Context) -> RecordDict:
         settings = dict(message.content[CONFIG_KEY])
-        shared = codec.decode_dense(arrays_from_record(message.content[ARRAYS_KEY]),
-                                    site.shapes_for(settings))
+        shared = codec.decode_dense(
+            arrays_from_record(message.content[ARRAYS_KEY]), site.shapes_for(settings)
+        )
         head = None
         if HEAD_KEY in message.content:
             head = codec.decode_dense(arrays_from_record(message.content[HEAD_KEY]), None)
         metrics = site.evaluate_merged(settings, shared, head)
-        return RecordDict({METRICS_KEY: MetricRecord(metrics)})
+        return RecordDict({METRICS_KEY: metric_record(metrics)})
 
     return app
 
 
 def _branch_reply(site: TeamSite, settings: dict, payload: dict, result) -> RecordDict:  # type: ignore[no-untyped-def]
-    content = RecordDict({
-        CONFIG_KEY: ConfigRecord(site.sender(settings)),
-        ARRAYS_KEY: record_from_arrays(payload),
-        METRICS_KEY: MetricRecord({k: float(v) for k, v in result.metrics.items()}),
-    })
+    content = RecordDict(
+        {
+            CONFIG_KEY: config_record(site.sender(settings)),
+            ARRAYS_KEY: record_from_arrays(payload),
+            METRICS_KEY: metric_record(result.metrics),
+        }
+    )
     if site.team.share_head and result.head:
         content[HEAD_KEY] = record_from_arrays(codec.encode_dense(result.head))
     return content

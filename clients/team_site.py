@@ -41,8 +41,9 @@ def spec_from_settings(settings: Mapping[str, Any]) -> ModelSpec:
     missing = [k for k in SPEC_KEYS if k not in settings]
     if missing:
         raise ConfigError(f"request names no {', '.join(missing)}; expected {SPEC_KEYS}")
-    return ModelSpec(source=str(settings["model"]), family=settings["model-family"],
-                     method=settings["method"])
+    return ModelSpec(
+        source=str(settings["model"]), family=settings["model-family"], method=settings["method"]
+    )
 
 
 def base_for(spec: ModelSpec) -> BaseModel:
@@ -87,11 +88,18 @@ class TeamSite:
         seed = int(settings.get("seed", 0))
         key = (self.team, kind, max_train, max_eval, seed)
         if key not in _DATA:
-            _DATA[key] = load_task(TaskSpec(
-                source=self.team.task, kind=kind,  # type: ignore[arg-type]
-                text_columns=self.team.text_columns,
-                label_column=self.team.label_column if kind == "classification" else None,
-                max_train=max_train, max_validation=max_eval, max_test=max_eval, seed=seed))
+            _DATA[key] = load_task(
+                TaskSpec(
+                    source=self.team.task,
+                    kind=kind,  # type: ignore[arg-type]
+                    text_columns=self.team.text_columns,
+                    label_column=self.team.label_column if kind == "classification" else None,
+                    max_train=max_train,
+                    max_validation=max_eval,
+                    max_test=max_eval,
+                    seed=seed,
+                )
+            )
         return _DATA[key]
 
     @staticmethod
@@ -122,8 +130,10 @@ class TeamSite:
 
     def sender(self, settings: Mapping[str, Any]) -> dict[str, str]:
         """Who made a payload: the team and the fingerprint of the base it started from."""
-        return {"team": self.team.name,
-                "fingerprint": base_for(spec_from_settings(settings)).fingerprint()}
+        return {
+            "team": self.team.name,
+            "fingerprint": base_for(spec_from_settings(settings)).fingerprint(),
+        }
 
     # ---------------------------------------------------------------- stages
     def hello(self, settings: Mapping[str, Any]) -> dict[str, Any]:
@@ -131,7 +141,8 @@ class TeamSite:
         if int(settings.get("protocol", -1)) != PROTOCOL_VERSION:
             raise ConfigError(
                 f"coordinator speaks protocol {settings.get('protocol')!r}, this team site "
-                f"speaks {PROTOCOL_VERSION}; install the same medusa-fed version at both ends")
+                f"speaks {PROTOCOL_VERSION}; install the same medusa-fed version at both ends"
+            )
         base = base_for(spec_from_settings(settings))
         data = self.data(settings)
         num_labels_of(base, data)  # task and model family must agree
@@ -156,9 +167,14 @@ class TeamSite:
         result = probe(base, data, cfg, density=density)
         return result.sparse, {k: float(v) for k, v in result.metrics.items()}
 
-    def finetune(self, settings: Mapping[str, Any], mask: Mapping[str, torch.Tensor] | None,
-                 branch: str, start: Mapping[str, torch.Tensor] | None = None,
-                 head: Mapping[str, torch.Tensor] | None = None) -> BranchResult:
+    def finetune(
+        self,
+        settings: Mapping[str, Any],
+        mask: Mapping[str, torch.Tensor] | None,
+        branch: str,
+        start: Mapping[str, torch.Tensor] | None = None,
+        head: Mapping[str, torch.Tensor] | None = None,
+    ) -> BranchResult:
         """(Masked) fine-tune from ``start`` (default: the base); metrics of the team alone.
 
         The returned metrics carry ``alone_*`` (this branch on the team's test split) and, when
@@ -170,28 +186,48 @@ class TeamSite:
         cfg = self.train_config(settings)
         if head is None:
             head = self.kept_head(branch)  # a later round continues the team's own head
-        result = finetune(base, data, cfg, mask=mask, start=start, head=head,
-                          desc=f"{branch} {self.team.name}")
+        result = finetune(
+            base, data, cfg, mask=mask, start=start, head=head, desc=f"{branch} {self.team.name}"
+        )
         metrics = {f"train_{k}": float(v) for k, v in result.metrics.items()}
         begin = dict(start) if start is not None else base.shared_state()
         tuned = {n: begin[n] + d for n, d in result.delta.items()}
         labels = num_labels_of(base, data)
-        alone = evaluate(base, tuned, result.head or None, data.test, num_labels=labels,
-                         batch_size=32, max_length=cfg.max_length, desc=f"alone {self.team.name}")
+        alone = evaluate(
+            base,
+            tuned,
+            result.head or None,
+            data.test,
+            num_labels=labels,
+            batch_size=32,
+            max_length=cfg.max_length,
+            desc=f"alone {self.team.name}",
+        )
         metrics |= {f"alone_{k}": float(v) for k, v in alone.items()}
         if bool(settings.get("eval-before", False)) and self.kept_head("floor") is None:
             floor = finetune(base, data, cfg, head_only=True, desc=f"floor {self.team.name}")
             self._keep_head("floor", floor.head)
-            before = evaluate(base, None, floor.head or None, data.test, num_labels=labels,
-                              batch_size=32, max_length=cfg.max_length,
-                              desc=f"floor {self.team.name}")
+            before = evaluate(
+                base,
+                None,
+                floor.head or None,
+                data.test,
+                num_labels=labels,
+                batch_size=32,
+                max_length=cfg.max_length,
+                desc=f"floor {self.team.name}",
+            )
             metrics |= {f"before_{k}": float(v) for k, v in before.items()}
         if result.head:
             self._keep_head(branch, result.head)
         return BranchResult(result.delta, result.head, metrics)
 
-    def evaluate_merged(self, settings: Mapping[str, Any], shared: Mapping[str, torch.Tensor],
-                        head: Mapping[str, torch.Tensor] | None = None) -> dict[str, float]:
+    def evaluate_merged(
+        self,
+        settings: Mapping[str, Any],
+        shared: Mapping[str, torch.Tensor],
+        head: Mapping[str, torch.Tensor] | None = None,
+    ) -> dict[str, float]:
         """Score merged shared weights with the head this team trained in ``settings['branch']``."""
         base = base_for(spec_from_settings(settings))
         data = self.data(settings)
@@ -202,10 +238,18 @@ class TeamSite:
         if labels is not None and head is None:
             raise MedusaError(
                 f"team {self.team.name!r} has no {branch} head to evaluate with: this site did "
-                "not run that stage in this process and the coordinator sent none")
-        return evaluate(base, shared, head, data.test, num_labels=labels, batch_size=32,
-                        max_length=int(settings.get("max-length", 128)),
-                        desc=f"eval {settings.get('method-label', '')} {self.team.name}")
+                "not run that stage in this process and the coordinator sent none"
+            )
+        return evaluate(
+            base,
+            shared,
+            head,
+            data.test,
+            num_labels=labels,
+            batch_size=32,
+            max_length=int(settings.get("max-length", 128)),
+            desc=f"eval {settings.get('method-label', '')} {self.team.name}",
+        )
 
 
 def show_progress() -> None:
@@ -213,9 +257,11 @@ def show_progress() -> None:
     INFO lines (training steps, evaluation) so the site's progress is visible."""
     root = logging.getLogger()
     if not root.handlers:
-        logging.basicConfig(level=logging.WARNING,
-                            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                            datefmt="%H:%M:%S")
+        logging.basicConfig(
+            level=logging.WARNING,
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+            datefmt="%H:%M:%S",
+        )
     medusa = logging.getLogger("medusa_fed")
     if medusa.level == logging.NOTSET:
         medusa.setLevel(logging.INFO)

@@ -27,11 +27,11 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import torch
+from medusa_fed.simulations.bench_ownership import transformer_shapes
 from safetensors import safe_open
 from safetensors.torch import save_file
 
 from medusa_fed.merging import MergeSpec, merge_tensor
-from medusa_fed.simulations.bench_ownership import transformer_shapes
 
 
 def peak_rss_bytes() -> int:
@@ -68,8 +68,10 @@ def write_checkpoints(root: Path, elements: int, k: int, seed: int = 0) -> int:
     for i in range(k):
         dense = {n: 0.01 * torch.randn(s, generator=g) for n, s in shapes.items()}
         save_file(dense, str(root / f"dense{i}.safetensors"))
-        save_file({n: torch.where(owners[n] == i, d, 0.0) for n, d in dense.items()},
-                  str(root / f"medusa{i}.safetensors"))
+        save_file(
+            {n: torch.where(owners[n] == i, d, 0.0) for n, d in dense.items()},
+            str(root / f"medusa{i}.safetensors"),
+        )
         del dense
     return sum(math.prod(s) for s in shapes.values())
 
@@ -117,19 +119,39 @@ def main(argv: list[str] | None = None) -> None:
             found = {}
             for mode in ("io", "medusa", "ties"):
                 res = subprocess.run(
-                    [sys.executable, "-m", "medusa_fed.simulations.bench_merge", "--child",
-                     str(root), mode, str(args.teams)], capture_output=True, text=True, check=True)
+                    [
+                        sys.executable,
+                        "-m",
+                        "medusa_fed.simulations.bench_merge",
+                        "--child",
+                        str(root),
+                        mode,
+                        str(args.teams),
+                    ],
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                )
                 found[mode] = json.loads(res.stdout.strip().splitlines()[-1])
                 print(f"{n:,} elements, {mode}: {found[mode]['seconds']:.1f} s", flush=True)
             for mode in ("io", "medusa", "ties"):
                 r = found[mode]
-                rows.append((n, mode, r["seconds"], read_bytes / r["seconds"] / 1e9,
-                             r["peak_rss"] / 2**30, r["seconds"] / found["io"]["seconds"]))
+                rows.append(
+                    (
+                        n,
+                        mode,
+                        r["seconds"],
+                        read_bytes / r["seconds"] / 1e9,
+                        r["peak_rss"] / 2**30,
+                        r["seconds"] / found["io"]["seconds"],
+                    )
+                )
         finally:
             shutil.rmtree(root, ignore_errors=True)
     print(f"\nk = {args.teams} branches, fp32; input = base + k deltas; GB/s of input read")
-    print(f"{'elements':>13} {'mode':<7} {'seconds':>8} {'GB/s':>6} {'peak RSS GiB':>12} "
-          f"{'x io':>6}")
+    print(
+        f"{'elements':>13} {'mode':<7} {'seconds':>8} {'GB/s':>6} {'peak RSS GiB':>12} {'x io':>6}"
+    )
     for n, mode, secs, gbs, rss, ratio in rows:
         print(f"{n:>13,} {mode:<7} {secs:>8.1f} {gbs:>6.2f} {rss:>12.2f} {ratio:>6.2f}")
 

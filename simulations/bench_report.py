@@ -35,8 +35,9 @@ def _fmt(values: Sequence[float]) -> str:
 def summarize(cells: Sequence[Cell]) -> dict[str, dict[str, dict[str, list[float]]]]:
     """setting -> method -> column (task names, avg, norm, seconds) -> values over seeds."""
     alone = {(c.setting, c.seed): c.test for c in cells if c.method == "alone"}
-    out: dict[str, dict[str, dict[str, list[float]]]] = defaultdict(lambda: defaultdict(
-        lambda: defaultdict(list)))
+    out: dict[str, dict[str, dict[str, list[float]]]] = defaultdict(
+        lambda: defaultdict(lambda: defaultdict(list))
+    )
     for c in cells:
         col = out[c.setting][c.method]
         for team, acc in c.test.items():
@@ -66,30 +67,49 @@ def markdown(cells: Sequence[Cell], cfg: BenchConfig, wall_s: float) -> str:
     ]
     for setting, methods in summary.items():
         teams = setting.split("+")
-        lines += [f"## {len(teams)} teams: {', '.join(teams)}", "",
-                  "| method | " + " | ".join(teams) + " | avg | norm | chosen | s |",
-                  "|---|" + "---|" * (len(teams) + 4)]
-        chosen = {}
+        lines += [
+            f"## {len(teams)} teams: {', '.join(teams)}",
+            "",
+            "| method | " + " | ".join(teams) + " | avg | norm | chosen | s |",
+            "|---|" + "---|" * (len(teams) + 4),
+        ]
+        chosen: dict[str, list[str]] = {}
         for c in cells:
             if c.setting == setting:
                 chosen.setdefault(c.method, []).append(
-                    ",".join(f"{k}={v:g}" for k, v in c.params.items()
-                             if k in ("scale", "density", "drop_rate")))
+                    ",".join(
+                        f"{k}={v:g}"
+                        for k, v in c.params.items()
+                        if k in ("scale", "density", "drop_rate")
+                    )
+                )
         for method, col in methods.items():
-            row = [method, *(_fmt(col[t]) for t in teams), _fmt(col["avg"]),
-                   _fmt(col["norm"]) if col["norm"] else "-",
-                   "; ".join(sorted(set(chosen.get(method, [])))) or "-",
-                   f"{statistics.fmean(col['seconds']):.0f}"]
+            row = [
+                method,
+                *(_fmt(col[t]) for t in teams),
+                _fmt(col["avg"]),
+                _fmt(col["norm"]) if col["norm"] else "-",
+                "; ".join(sorted(set(chosen.get(method, [])))) or "-",
+                f"{statistics.fmean(col['seconds']):.0f}",
+            ]
             lines.append("| " + " | ".join(row) + " |")
         lines.append("")
     lines += ["## Grid searched on validation", ""]
     for method, grid in cfg.grid.items():
-        lines.append(f"- {method}: " + ("; ".join(
-            ",".join(f"{k}={v:g}" for k, v in p.items()) or "(no parameters)" for p in grid)))
+        lines.append(
+            f"- {method}: "
+            + (
+                "; ".join(
+                    ",".join(f"{k}={v:g}" for k, v in p.items()) or "(no parameters)" for p in grid
+                )
+            )
+        )
     for v in cfg.variants:
-        lines.append(f"- {v.name}: policy={v.policy}, unselected={v.unselected}, probe d="
-                     f"{v.density:g}, rounds={v.rounds}, scale in {list(v.scales)}"
-                     + (", last team uncontrolled" if v.uncontrolled_last else ""))
+        lines.append(
+            f"- {v.name}: policy={v.policy}, unselected={v.unselected}, probe d="
+            f"{v.density:g}, rounds={v.rounds}, scale in {list(v.scales)}"
+            + (", last team uncontrolled" if v.uncontrolled_last else "")
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -115,8 +135,9 @@ def plot(cells: Sequence[Cell]) -> dict[str, bytes]:
                 ax.set_ylabel("test accuracy (%)")
                 ax.legend(fontsize=8)
             else:
-                ys = [statistics.fmean(methods[m]["norm"]) if methods[m]["norm"] else 0
-                      for m in names]
+                ys = [
+                    statistics.fmean(methods[m]["norm"]) if methods[m]["norm"] else 0 for m in names
+                ]
                 ax.bar(range(len(names)), ys, color="tab:purple")
                 ax.axhline(1.0, color="gray", lw=0.8)
                 ax.set_ylabel("merged / alone accuracy")
@@ -139,8 +160,7 @@ def write(out_dir: Path, cells: Sequence[Cell], cfg: BenchConfig, wall_s: float)
         "wall_s": round(wall_s, 1),
         "cells": [{**asdict(c), "mean": c.mean} for c in cells],
     }
-    atomic_write(out_dir / "results.json",
-                 json.dumps(payload, indent=2, default=str).encode())
+    atomic_write(out_dir / "results.json", json.dumps(payload, indent=2, default=str).encode())
     md = markdown(cells, cfg, wall_s)
     atomic_write(out_dir / "results.md", md.encode())
     for name, png in plot(cells).items():

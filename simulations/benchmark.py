@@ -21,9 +21,8 @@ import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
-
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -79,8 +78,10 @@ class BenchConfig:
     """What the benchmark runs (quick mode defaults: under 15 minutes on 2 cores)."""
 
     teams: tuple[str, ...] = ("movie", "tweet", "bbc", "spam")
-    settings: tuple[tuple[str, ...], ...] = (("movie", "tweet", "bbc"),
-                                             ("movie", "tweet", "bbc", "spam"))
+    settings: tuple[tuple[str, ...], ...] = (
+        ("movie", "tweet", "bbc"),
+        ("movie", "tweet", "bbc", "spam"),
+    )
     method: str = "full"
     model: str = "all-MiniLM-L6-v2"  # bundled model or a local Hugging Face directory
     seeds: tuple[int, ...] = (0,)
@@ -123,8 +124,7 @@ class Bench:
 
     def __init__(self, cfg: BenchConfig, progress: Callable[[str], None] | None = None) -> None:
         self.cfg = cfg
-        self.base: BaseModel = load_base(ModelSpec(source=cfg.model,
-                                                   method=cfg.method))  # type: ignore[arg-type]
+        self.base: BaseModel = load_base(ModelSpec(source=cfg.model, method=cfg.method))  # type: ignore[arg-type]
         self.base_state = self.base.shared_state()
         self.shapes = self.base.shapes
         self.say = progress or (lambda msg: log.info("%s", msg))
@@ -136,16 +136,27 @@ class Bench:
     # ------------------------------------------------------------- cached training
     def train_cfg(self, seed: int, epochs: float | None = None) -> TrainConfig:
         c = self.cfg
-        return TrainConfig(epochs=epochs or c.epochs, lr=c.lr, batch_size=c.batch_size,
-                           max_length=c.max_length, seed=seed)
+        return TrainConfig(
+            epochs=epochs or c.epochs,
+            lr=c.lr,
+            batch_size=c.batch_size,
+            max_length=c.max_length,
+            seed=seed,
+        )
 
     def data(self, team: str, seed: int) -> TaskData:
         key = (team, seed)
         if key not in self._data:
             c = self.cfg
-            self._data[key] = load_task(TaskSpec(source=team, max_train=c.max_train,
-                                                 max_validation=c.max_validation,
-                                                 max_test=c.max_test, seed=seed))
+            self._data[key] = load_task(
+                TaskSpec(
+                    source=team,
+                    max_train=c.max_train,
+                    max_validation=c.max_validation,
+                    max_test=c.max_test,
+                    seed=seed,
+                )
+            )
         return self._data[key]
 
     def free(self, team: str, seed: int) -> tuple[StateDict, StateDict]:
@@ -153,8 +164,9 @@ class Bench:
         key = (team, seed)
         if key not in self._free:
             self.say(f"train {team} unmasked (seed {seed})")
-            r = finetune(self.base, self.data(team, seed), self.train_cfg(seed),
-                         desc=f"free {team}")
+            r = finetune(
+                self.base, self.data(team, seed), self.train_cfg(seed), desc=f"free {team}"
+            )
             self._free[key] = (r.delta, r.head)
         return self._free[key]
 
@@ -167,19 +179,36 @@ class Bench:
         return self._probe[key]
 
     # ------------------------------------------------------------- scoring
-    def score(self, shared: Mapping[str, torch.Tensor] | None, heads: Mapping[str, StateDict],
-              seed: int, split: str) -> dict[str, float]:
+    def score(
+        self,
+        shared: Mapping[str, torch.Tensor] | None,
+        heads: Mapping[str, StateDict],
+        seed: int,
+        split: str,
+    ) -> dict[str, float]:
         out = {}
         for team, head in heads.items():
             data = self.data(team, seed)
-            metrics = evaluate(self.base, shared, head, getattr(data, split), batch_size=64,
-                               max_length=self.cfg.max_length, desc=f"{split} {team}")
+            metrics = evaluate(
+                self.base,
+                shared,
+                head,
+                getattr(data, split),
+                batch_size=64,
+                max_length=self.cfg.max_length,
+                desc=f"{split} {team}",
+            )
             out[label(team)] = metrics["accuracy"]
         return out
 
-    def choose(self, setting: str, seed: int, method: str,
-               candidates: Sequence[tuple[dict[str, Any], Callable[[], StateDict]]],
-               heads: Mapping[str, StateDict]) -> Cell:
+    def choose(
+        self,
+        setting: str,
+        seed: int,
+        method: str,
+        candidates: Sequence[tuple[dict[str, Any], Callable[[], StateDict]]],
+        heads: Mapping[str, StateDict],
+    ) -> Cell:
         """Score each candidate merge on validation; test the best one."""
         started = time.monotonic()
         best: tuple[float, dict[str, Any], StateDict] | None = None
@@ -191,8 +220,16 @@ class Bench:
                 best = (val, params, merged)
         assert best is not None
         test = self.score(best[2], heads, seed, "test")
-        return Cell(setting, seed, method, best[1], best[0], test,
-                    round(time.monotonic() - started, 1), len(candidates))
+        return Cell(
+            setting,
+            seed,
+            method,
+            best[1],
+            best[0],
+            test,
+            round(time.monotonic() - started, 1),
+            len(candidates),
+        )
 
     # ------------------------------------------------------------- cells
     def reference_cells(self, teams: Sequence[str], setting: str, seed: int) -> list[Cell]:
@@ -203,24 +240,49 @@ class Bench:
             if (t, seed, "alone") not in self._val:
                 delta, head = self.free(t, seed)
                 shared = {n: self.base_state[n] + delta[n] for n in delta}
-                self._val[(t, seed, "alone")] = self.score(shared, {t: head}, seed,
-                                                           "test")[label(t)]
+                self._val[(t, seed, "alone")] = self.score(shared, {t: head}, seed, "test")[
+                    label(t)
+                ]
             alone[label(t)] = self._val[(t, seed, "alone")]
-        cells = [Cell(setting, seed, "alone", {}, float("nan"), alone,
-                      round(time.monotonic() - started, 1))]
+        cells = [
+            Cell(
+                setting,
+                seed,
+                "alone",
+                {},
+                float("nan"),
+                alone,
+                round(time.monotonic() - started, 1),
+            )
+        ]
         if self.cfg.floor:
             started = time.monotonic()
             floor = {}
             for t in teams:
                 if (t, seed, "floor") not in self._val:
                     self.say(f"train {t} head only on the frozen base (seed {seed})")
-                    r = finetune(self.base, self.data(t, seed), self.train_cfg(seed),
-                                 head_only=True, desc=f"floor {t}")
-                    self._val[(t, seed, "floor")] = self.score(None, {t: r.head}, seed,
-                                                               "test")[label(t)]
+                    r = finetune(
+                        self.base,
+                        self.data(t, seed),
+                        self.train_cfg(seed),
+                        head_only=True,
+                        desc=f"floor {t}",
+                    )
+                    self._val[(t, seed, "floor")] = self.score(None, {t: r.head}, seed, "test")[
+                        label(t)
+                    ]
                 floor[label(t)] = self._val[(t, seed, "floor")]
-            cells.append(Cell(setting, seed, "floor (head only)", {}, float("nan"), floor,
-                              round(time.monotonic() - started, 1)))
+            cells.append(
+                Cell(
+                    setting,
+                    seed,
+                    "floor (head only)",
+                    {},
+                    float("nan"),
+                    floor,
+                    round(time.monotonic() - started, 1),
+                )
+            )
         return cells
 
     def baseline_cells(self, teams: Sequence[str], setting: str, seed: int) -> list[Cell]:
@@ -237,14 +299,19 @@ class Bench:
             cells.append(self.choose(setting, seed, method, [(p, make(p)) for p in grid], heads))
         return cells
 
-    def medusa_cell(self, teams: Sequence[str], setting: str, seed: int,
-                    v: MedusaVariant) -> Cell:
+    def medusa_cell(self, teams: Sequence[str], setting: str, seed: int, v: MedusaVariant) -> Cell:
         started = time.monotonic()
         uncontrolled = [teams[-1]] if v.uncontrolled_last else []
         controlled = {t: t not in uncontrolled for t in teams}
         probes = {t: self.probe(t, seed, v.density) for t in teams}
-        ownership = assign_ownership(probes, self.shapes, controlled, policy=v.policy,  # type: ignore[arg-type]
-                                     unselected=v.unselected, seed=seed)  # type: ignore[arg-type]
+        ownership = assign_ownership(
+            probes,
+            self.shapes,
+            controlled,
+            policy=v.policy,  # type: ignore[arg-type]
+            unselected=v.unselected,  # type: ignore[arg-type]
+            seed=seed,
+        )
         start = self.base_state
         heads: dict[str, StateDict | None] = {t: None for t in teams}
         deltas: dict[str, StateDict] = {}
@@ -257,9 +324,15 @@ class Bench:
                     deltas[t], heads[t] = self.free(t, seed)
                     continue
                 mask = None if t in uncontrolled else ownership.mask(t)
-                res = finetune(self.base, self.data(t, seed), self.train_cfg(seed, per_round),
-                               mask=mask, start=start, head=heads[t],
-                               desc=f"{v.name} {t} r{r + 1}")
+                res = finetune(
+                    self.base,
+                    self.data(t, seed),
+                    self.train_cfg(seed, per_round),
+                    mask=mask,
+                    start=start,
+                    head=heads[t],
+                    desc=f"{v.name} {t} r{r + 1}",
+                )
                 deltas[t], heads[t] = res.delta, res.head
             if r < v.rounds - 1:
                 start = merge_states(start, deltas, MergeSpec("medusa"), uncontrolled=uncontrolled)
@@ -270,8 +343,9 @@ class Bench:
             spec = MergeSpec("medusa", scale=scale)
             return lambda: merge_states(begin, deltas, spec, uncontrolled=uncontrolled)
 
-        cell = self.choose(setting, seed, v.name, [({"scale": s}, make(s)) for s in v.scales],
-                           final_heads)
+        cell = self.choose(
+            setting, seed, v.name, [({"scale": s}, make(s)) for s in v.scales], final_heads
+        )
         cell.params = {**asdict(v), **cell.params}
         cell.params.pop("name", None)
         cell.seconds = round(time.monotonic() - started, 1)

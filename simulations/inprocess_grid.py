@@ -15,8 +15,8 @@ from typing import Any
 
 from flwr.app import Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
-from flwr.supercore.run import Run
 from flwr.serverapp import Grid
+from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
 
 log = logging.getLogger(__name__)
@@ -41,17 +41,22 @@ class InProcessGrid(Grid):
     run_id : int (default: 1)
     """
 
-    def __init__(self, client_app: ClientApp, node_configs: Mapping[int, Mapping[str, Any]],
-                 silent: set[int] | None = None,
-                 tamper: Callable[[int, Message, Message], list[Message]] | None = None,
-                 run_id: int = 1) -> None:
+    def __init__(
+        self,
+        client_app: ClientApp,
+        node_configs: Mapping[int, Mapping[str, Any]],
+        silent: set[int] | None = None,
+        tamper: Callable[[int, Message, Message], list[Message]] | None = None,
+        run_id: int = 1,
+    ) -> None:
         self.tamper = tamper
         self.client_app = client_app
         self.node_configs = {int(k): dict(v) for k, v in node_configs.items()}
         self.silent = set(silent or ())
         self.contexts = {
-            nid: Context(run_id=run_id, node_id=nid, node_config=cfg, state=RecordDict(),
-                         run_config={})
+            nid: Context(
+                run_id=run_id, node_id=nid, node_config=cfg, state=RecordDict(), run_config={}
+            )
             for nid, cfg in self.node_configs.items()
         }
         self._run = Run.create_empty(run_id)
@@ -63,17 +68,24 @@ class InProcessGrid(Grid):
         TaskIdentity.node_id = SERVER_NODE_ID
         TaskIdentity.task_id = 1
 
-    def set_run(self, run_id: int) -> None:
-        self._run = Run.create_empty(run_id)
+    def set_run(self, run: Run) -> None:
+        self._run = run
 
     @property
     def run(self) -> Run:
         return self._run
 
-    def create_message(self, content: RecordDict, message_type: str, dst_node_id: int,
-                       group_id: str, ttl: float | None = None) -> Message:
-        return Message(content, dst_node_id=dst_node_id, message_type=message_type,
-                       group_id=group_id, ttl=ttl)
+    def create_message(
+        self,
+        content: RecordDict,
+        message_type: str,
+        dst_node_id: int,
+        group_id: str,
+        ttl: float | None = None,
+    ) -> Message:
+        return Message(
+            content, dst_node_id=dst_node_id, message_type=message_type, group_id=group_id, ttl=ttl
+        )
 
     def get_node_ids(self) -> Iterable[int]:
         return list(self.node_configs)
@@ -100,6 +112,7 @@ class InProcessGrid(Grid):
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
         return [r for mid in message_ids if mid in self._replies for r in self._replies.pop(mid)]
 
-    def send_and_receive(self, messages: Iterable[Message], *,
-                         timeout: float | None = None) -> Iterable[Message]:
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> Iterable[Message]:
         return list(self.pull_messages(list(self.push_messages(messages))))

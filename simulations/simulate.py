@@ -29,8 +29,9 @@ Backend = Literal["ray", "inprocess"]
 MAX_TEAMS = 16
 
 
-def parse_teams(text: str, uncontrolled: Sequence[str] = (),
-                max_train: int | None = None) -> list[TeamConfig]:
+def parse_teams(
+    text: str, uncontrolled: Sequence[str] = (), max_train: int | None = None
+) -> list[TeamConfig]:
     """Teams from ``"movie,tweet,legal=/data/legal.csv"``: a bundled task, or name=task/file.
 
     A team named in ``uncontrolled`` refuses masks (an uncontrolled branch).
@@ -42,8 +43,14 @@ def parse_teams(text: str, uncontrolled: Sequence[str] = (),
         name, sep, task = item.partition("=")
         if not sep:
             name, task = item, item
-        teams.append(TeamConfig(name=name.strip(), task=task.strip(), max_train=max_train,
-                                controlled=name.strip() not in set(uncontrolled)))
+        teams.append(
+            TeamConfig(
+                name=name.strip(),
+                task=task.strip(),
+                max_train=max_train,
+                controlled=name.strip() not in set(uncontrolled),
+            )
+        )
     names = [t.name for t in teams]
     unknown = sorted(set(uncontrolled) - set(names))
     if unknown:
@@ -67,10 +74,13 @@ def preflight(teams: Sequence[TeamConfig]) -> None:
         if not path.is_file():
             raise ConfigError(
                 f"team {team.name!r}: expected a bundled task ({', '.join(sorted(BUNDLED_TASKS))}) "
-                f"or a data file, found no file at {path}; fix the path in --teams")
+                f"or a data file, found no file at {path}; fix the path in --teams"
+            )
         if path.suffix.lower() not in SUPPORTED_SUFFIXES:
-            raise ConfigError(f"team {team.name!r}: {path} is not one of "
-                              f"{', '.join(SUPPORTED_SUFFIXES)}; convert it or rename it")
+            raise ConfigError(
+                f"team {team.name!r}: {path} is not one of "
+                f"{', '.join(SUPPORTED_SUFFIXES)}; convert it or rename it"
+            )
 
 
 def _site_factory(teams: Sequence[TeamConfig]):  # type: ignore[no-untyped-def]
@@ -84,8 +94,12 @@ def _site_factory(teams: Sequence[TeamConfig]):  # type: ignore[no-untyped-def]
     return site
 
 
-def simulate(config: RunConfig, teams: Sequence[TeamConfig], backend: Backend = "ray",
-             cpus_per_team: float = 1.0) -> dict[str, Any]:
+def simulate(
+    config: RunConfig,
+    teams: Sequence[TeamConfig],
+    backend: Backend = "ray",
+    cpus_per_team: float = 1.0,
+) -> dict[str, Any]:
     """Run one Medusa run with ``teams`` as virtual SuperNodes; returns the written report.
 
     Parameters
@@ -103,20 +117,28 @@ def simulate(config: RunConfig, teams: Sequence[TeamConfig], backend: Backend = 
     from medusa_fed.strategies.server_app import make_server_app
 
     if len(teams) < config.min_teams:
-        raise ConfigError(f"{len(teams)} team(s) given, the run config needs min-teams = "
-                          f"{config.min_teams}; add teams or lower min-teams")
+        raise ConfigError(
+            f"{len(teams)} team(s) given, the run config needs min-teams = "
+            f"{config.min_teams}; add teams or lower min-teams"
+        )
     preflight(teams)
     client_app = make_client_app(_site_factory(list(teams)))
-    log.info("simulate: %d teams %s on %s, run directory %s", len(teams),
-             [t.name + ("" if t.controlled else " (uncontrolled)") for t in teams], backend,
-             config.out_dir)
+    log.info(
+        "simulate: %d teams %s on %s, run directory %s",
+        len(teams),
+        [t.name + ("" if t.controlled else " (uncontrolled)") for t in teams],
+        backend,
+        config.out_dir,
+    )
     if backend == "inprocess":
         from medusa_fed.simulations.inprocess_grid import InProcessGrid
         from medusa_fed.strategies.medusa_strategy import MedusaStrategy, model_spec
+
         from medusa_fed.training import load_base
 
-        configs = {i + 1: {"partition-id": i, "num-partitions": len(teams)}
-                   for i in range(len(teams))}
+        configs = {
+            i + 1: {"partition-id": i, "num-partitions": len(teams)} for i in range(len(teams))
+        }
         grid = InProcessGrid(client_app, configs)
         return MedusaStrategy(config, load_base(model_spec(config))).run(grid)
 
@@ -131,14 +153,20 @@ def simulate(config: RunConfig, teams: Sequence[TeamConfig], backend: Backend = 
         num_supernodes=len(teams),
         backend_config={
             "client_resources": {"num_cpus": cpus_per_team, "num_gpus": 0.0},
-            "init_args": {"num_cpus": max(1, os.cpu_count() or 1), "include_dashboard": False,
-                          "logging_level": "warning", "log_to_driver": True},
+            "init_args": {
+                "num_cpus": max(1, os.cpu_count() or 1),
+                "include_dashboard": False,
+                "logging_level": "warning",
+                "log_to_driver": True,
+            },
         },
     )
     if errors:
         raise errors[0]
     run_dir = RunDir(Path(config.out_dir), readonly=True)
     if not run_dir.exists("report.json"):
-        raise ConfigError(f"the simulation ended without a report in {config.out_dir}; "
-                          "see the log above for the stage that failed")
+        raise ConfigError(
+            f"the simulation ended without a report in {config.out_dir}; "
+            "see the log above for the stage that failed"
+        )
     return dict(run_dir.read_json("report.json"))

@@ -19,17 +19,20 @@ from .benchmark import MedusaVariant
 
 SCALES = (0.7, 1.0, 1.3, 1.6)
 
-VARIANTS: dict[str, MedusaVariant] = {v.name: v for v in (
-    MedusaVariant("proportional"),
-    MedusaVariant("argmax", policy="argmax"),
-    MedusaVariant("balanced", policy="balanced"),
-    MedusaVariant("uncontrolled", uncontrolled_last=True),
-    MedusaVariant("frozen", unselected="frozen"),
-    MedusaVariant("frozen-d50", unselected="frozen", density=0.5),
-    MedusaVariant("scaled", scales=SCALES),
-    MedusaVariant("rounds2", rounds=2),
-    MedusaVariant("rounds4", rounds=4),
-)}
+VARIANTS: dict[str, MedusaVariant] = {
+    v.name: v
+    for v in (
+        MedusaVariant("proportional"),
+        MedusaVariant("argmax", policy="argmax"),
+        MedusaVariant("balanced", policy="balanced"),
+        MedusaVariant("uncontrolled", uncontrolled_last=True),
+        MedusaVariant("frozen", unselected="frozen"),
+        MedusaVariant("frozen-d50", unselected="frozen", density=0.5),
+        MedusaVariant("scaled", scales=SCALES),
+        MedusaVariant("rounds2", rounds=2),
+        MedusaVariant("rounds4", rounds=4),
+    )
+}
 
 
 def default_variants() -> tuple[MedusaVariant, ...]:

@@ -23,7 +23,9 @@ log = logging.getLogger(__name__)
 class Roster:
     """Which Flower node is which team, and who has been left out of the run and why."""
 
-    node_of: dict[str, int] = field(default_factory=dict)  # team name -> node id (uint64: Python int)
+    node_of: dict[str, int] = field(
+        default_factory=dict
+    )  # team name -> node id (uint64: Python int)
     info: dict[str, dict] = field(default_factory=dict)  # team name -> its HELLO facts
     left_out: dict[str, str] = field(default_factory=dict)  # team name -> reason
 
@@ -66,8 +68,9 @@ def exchange(
     """
     targets = roster.active if teams is None else teams
     messages = [
-        Message(build(team), dst_node_id=roster.node_of[team], message_type=message_type,
-                group_id=stage)
+        Message(
+            build(team), dst_node_id=roster.node_of[team], message_type=message_type, group_id=stage
+        )
         for team in targets
     ]
     started = time.monotonic()
@@ -77,11 +80,19 @@ def exchange(
     for reply in replies:
         team = roster.team_of(reply.metadata.src_node_id)
         if team is None or team not in targets:
-            log.warning("%s: reply from unexpected node %s dropped", stage, reply.metadata.src_node_id)
+            log.warning(
+                "%s: reply from unexpected node %s dropped", stage, reply.metadata.src_node_id
+            )
             continue
         if team in got:
-            _reject(roster, on_rejection, team, stage, "duplicated reply (the first one is kept)",
-                    drop=False)
+            _reject(
+                roster,
+                on_rejection,
+                team,
+                stage,
+                "duplicated reply (the first one is kept)",
+                drop=False,
+            )
             continue
         if reply.has_error():
             _reject(roster, on_rejection, team, stage, f"error reply: {reply.error.reason}")
@@ -90,13 +101,24 @@ def exchange(
     for team in targets:
         if team not in got and team not in roster.left_out:
             _reject(roster, on_rejection, team, stage, f"no reply within {timeout_s:.0f} s")
-    log.info("%s: %d/%d team(s) answered in %.1f s", stage, len(got), len(targets),
-             time.monotonic() - started)
+    log.info(
+        "%s: %d/%d team(s) answered in %.1f s",
+        stage,
+        len(got),
+        len(targets),
+        time.monotonic() - started,
+    )
     return got
 
 
-def _reject(roster: Roster, on_rejection: Callable[[str, str, str], None] | None, team: str,
-            stage: str, reason: str, drop: bool = True) -> None:
+def _reject(
+    roster: Roster,
+    on_rejection: Callable[[str, str, str], None] | None,
+    team: str,
+    stage: str,
+    reason: str,
+    drop: bool = True,
+) -> None:
     if on_rejection is not None:
         on_rejection(team, stage, reason)
     if drop:
@@ -107,7 +129,9 @@ def _reject(roster: Roster, on_rejection: Callable[[str, str, str], None] | None
 
 def config_record(values: Mapping[str, object]) -> ConfigRecord:
     """A ConfigRecord from plain values (None dropped, tuples as lists)."""
-    clean = {k: (list(v) if isinstance(v, tuple) else v) for k, v in values.items() if v is not None}
+    clean = {
+        k: (list(v) if isinstance(v, tuple) else v) for k, v in values.items() if v is not None
+    }
     return ConfigRecord(clean)  # type: ignore[arg-type]
 
 

@@ -9,25 +9,36 @@ whose outputs are already stored is not asked of the teams again (restart resume
 from __future__ import annotations
 
 import logging
+import math
 import re
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
-from flwr.app import Message
+from flwr.app import Message, RecordDict
 from flwr.serverapp import Grid
 
 from medusa_fed import codec
+from medusa_fed.codec.layout import Payload
 from medusa_fed.codec.records import arrays_from_record, record_from_arrays
 from medusa_fed.deltas import SparseDelta, StateDict
 from medusa_fed.errors import ConfigError, MedusaError, PayloadError
 from medusa_fed.merging import MergeSpec, merge_states_with_report
 from medusa_fed.ownership import OwnershipMap, assign_ownership
 from medusa_fed.protocol import (
-    ARRAYS_KEY, CONFIG_KEY, HEAD_KEY, METRICS_KEY, MSG_EVAL, MSG_FREE, MSG_HELLO, MSG_PROBE,
-    MSG_TRAIN, PROTOCOL_VERSION,
+    ARRAYS_KEY,
+    CONFIG_KEY,
+    HEAD_KEY,
+    METRICS_KEY,
+    MSG_EVAL,
+    MSG_FREE,
+    MSG_HELLO,
+    MSG_PROBE,
+    MSG_TRAIN,
+    PROTOCOL_VERSION,
 )
 from medusa_fed.report import write_report
 from medusa_fed.run_config import MergeChoice, RunConfig
@@ -86,8 +97,9 @@ class MedusaStrategy:
     # ------------------------------------------------------------------ the loop
     def run(self, grid: Grid) -> dict:
         """Run every stage and return the report (also written to the run directory)."""
-        self.run_dir.write_json("config.json", {"run": self.config.to_mapping(),
-                                                "fingerprint": self.fingerprint})
+        self.run_dir.write_json(
+            "config.json", {"run": self.config.to_mapping(), "fingerprint": self.fingerprint}
+        )
         self._timed("hello", lambda: self.hello(grid))
         if self.config.uses_ownership:
             self._timed("probe", lambda: self.probe(grid))
@@ -125,20 +137,33 @@ class MedusaStrategy:
 
     def _count(self, team: str, stage: str, sent: int, received: int) -> None:
         dense = codec.dense_fp32_nbytes(self.shapes)
-        self.bytes.setdefault(team, {})[stage] = {"sent": sent, "received": received,
-                                                  "dense_fp32": dense}
+        self.bytes.setdefault(team, {})[stage] = {
+            "sent": sent,
+            "received": received,
+            "dense_fp32": dense,
+        }
 
     # ------------------------------------------------------------------ 0 HELLO
     def hello(self, grid: Grid) -> None:
         """Ask every connected node who it is; keep those whose base fingerprint matches."""
         nodes = sorted(grid.get_node_ids())
         log.info("hello: %d node(s) connected", len(nodes))
-        settings = {"protocol": PROTOCOL_VERSION, "fingerprint": self.fingerprint,
-                    **self._train_settings()}
+        settings = {
+            "protocol": PROTOCOL_VERSION,
+            "fingerprint": self.fingerprint,
+            **self._train_settings(),
+        }
         for node in nodes:  # HELLO goes to nodes before their team names are known
             self.roster.node_of[f"node-{node}"] = node
-        replies = exchange(grid, self.roster, "hello", MSG_HELLO, lambda _t: request(settings),
-                           self.config.stage_timeout_s, on_rejection=self._reject)
+        replies = exchange(
+            grid,
+            self.roster,
+            "hello",
+            MSG_HELLO,
+            lambda _t: request(settings),
+            self.config.stage_timeout_s,
+            on_rejection=self._reject,
+        )
         self.roster = Roster(left_out={})
         for placeholder, reply in replies.items():
             facts = dict(reply.content[CONFIG_KEY])
@@ -153,15 +178,20 @@ class MedusaStrategy:
             self.roster.node_of[team] = node
             self.roster.info[team] = facts
             if facts.get("fingerprint") != self.fingerprint:
-                reason = (f"base fingerprint {str(facts.get('fingerprint'))[:12]}... differs from the "
-                          f"coordinator's {self.fingerprint[:12]}...: the team loaded another base")
+                reason = (
+                    f"base fingerprint {str(facts.get('fingerprint'))[:12]}... differs from the "
+                    f"coordinator's {self.fingerprint[:12]}...: the team loaded another base"
+                )
                 self._reject(team, "hello", reason)
                 self.roster.drop(team, "hello", reason)
                 continue
             self.run_dir.write_json(f"hello/{team}.json", facts)
         teams = self._usable("hello")
-        log.info("hello: teams %s (uncontrolled: %s)", teams,
-                 [t for t in teams if not self.roster.controlled(t)])
+        log.info(
+            "hello: teams %s (uncontrolled: %s)",
+            teams,
+            [t for t in teams if not self.roster.controlled(t)],
+        )
 
     # ------------------------------------------------------------------ 1 PROBE
     def probe(self, grid: Grid) -> None:
@@ -170,22 +200,39 @@ class MedusaStrategy:
         teams = self._usable("probe")
         cfg = self.config
         todo = [t for t in teams if not self._stored(t, "probe", f"probe/{t}.safetensors")]
-        settings = {**self._train_settings(), "epochs": cfg.probe_epochs,
-                    "max-steps": cfg.probe_max_steps, "density": cfg.probe_density}
-        replies = exchange(grid, self.roster, "probe", MSG_PROBE, lambda _t: request(settings),
-                           cfg.stage_timeout_s, teams=todo, on_rejection=self._reject)
+        settings = {
+            **self._train_settings(),
+            "epochs": cfg.probe_epochs,
+            "max-steps": cfg.probe_max_steps,
+            "density": cfg.probe_density,
+        }
+        replies = exchange(
+            grid,
+            self.roster,
+            "probe",
+            MSG_PROBE,
+            lambda _t: request(settings),
+            cfg.stage_timeout_s,
+            teams=todo,
+            on_rejection=self._reject,
+        )
         for team, reply in replies.items():
             try:
                 self._check_sender(team, reply)
                 arrays = arrays_from_record(reply.content[ARRAYS_KEY])
-                codec.decode_sparse_delta(arrays, self.shapes, team=team,  # validate, then store
-                                          max_bytes=self.max_payload_bytes)
+                codec.decode_sparse_delta(
+                    arrays,
+                    self.shapes,
+                    team=team,  # validate, then store
+                    max_bytes=self.max_payload_bytes,
+                )
             except (MedusaError, KeyError) as exc:
                 self._drop(team, "probe", f"payload rejected: {exc}")
                 continue
-            self.run_dir.write_tensors(f"probe/{team}.safetensors",
-                                       {k: torch.from_numpy(np.ascontiguousarray(v))
-                                        for k, v in arrays.items()})
+            self.run_dir.write_tensors(
+                f"probe/{team}.safetensors",
+                {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()},
+            )
             self._count(team, "probe", sent=0, received=codec.payload_nbytes(arrays))
         self._usable("probe")
 
@@ -207,11 +254,19 @@ class MedusaStrategy:
         teams = self._usable("assign")
         controlled = {t: self.roster.controlled(t) for t in teams}
         if not any(controlled.values()):
-            raise ConfigError("assign: every team refused masks (controlled = false); Medusa has "
-                              "nothing to assign. Use merge = ties (or another baseline) instead")
+            raise ConfigError(
+                "assign: every team refused masks (controlled = false); Medusa has "
+                "nothing to assign. Use merge = ties (or another baseline) instead"
+            )
         self.ownership = assign_ownership(
-            self._load_probes(), self.shapes, controlled, policy=self.config.assignment,
-            unselected=self.config.unselected, seed=self.config.seed, progress=True)
+            self._load_probes(),
+            self.shapes,
+            controlled,
+            policy=self.config.assignment,
+            unselected=self.config.unselected,
+            seed=self.config.seed,
+            progress=True,
+        )
         self.ownership.save(self.run_dir.file_path("ownership.safetensors"))
         self.run_dir.record_file("ownership.safetensors")
         counts = self.ownership.owned_counts()
@@ -234,8 +289,16 @@ class MedusaStrategy:
                 return request(settings, **{ARRAYS_KEY: record_from_arrays(mask_arrays)})
             return request(settings)
 
-        replies = exchange(grid, self.roster, "train", MSG_TRAIN, build, self.config.stage_timeout_s,
-                           teams=todo, on_rejection=self._reject)
+        replies = exchange(
+            grid,
+            self.roster,
+            "train",
+            MSG_TRAIN,
+            build,
+            self.config.stage_timeout_s,
+            teams=todo,
+            on_rejection=self._reject,
+        )
         for team, reply in replies.items():
             self._store_branch(team, "train", reply, masks.get(team))
         self._load_branches("train", self.masked)
@@ -245,14 +308,23 @@ class MedusaStrategy:
         teams = self._usable("baseline")
         todo = [t for t in teams if not self._stored(t, "baseline", f"baseline/{t}.safetensors")]
         settings = self._train_settings() | {"controlled": False}
-        replies = exchange(grid, self.roster, "baseline", MSG_FREE, lambda _t: request(settings),
-                           self.config.stage_timeout_s, teams=todo, on_rejection=self._reject)
+        replies = exchange(
+            grid,
+            self.roster,
+            "baseline",
+            MSG_FREE,
+            lambda _t: request(settings),
+            self.config.stage_timeout_s,
+            teams=todo,
+            on_rejection=self._reject,
+        )
         for team, reply in replies.items():
             self._store_branch(team, "baseline", reply, None)
         self._load_branches("baseline", self.free)
 
-    def _store_branch(self, team: str, stage: str, reply: Message,
-                      mask: dict[str, torch.Tensor] | None) -> None:
+    def _store_branch(
+        self, team: str, stage: str, reply: Message, mask: dict[str, torch.Tensor] | None
+    ) -> None:
         """Validate one TRAIN reply completely, then store it (payload, head, metrics)."""
         try:
             self._check_sender(team, reply)
@@ -262,9 +334,13 @@ class MedusaStrategy:
                 delta = codec.decode_owned_values(arrays, mask, team=team, max_bytes=limit)
             else:
                 delta = codec.decode_dense(arrays, self.shapes, team=team, max_bytes=limit)
-            head = (codec.decode_dense(arrays_from_record(reply.content[HEAD_KEY]), None,
-                                       team=team, max_bytes=limit)
-                    if HEAD_KEY in reply.content else {})
+            head = (
+                codec.decode_dense(
+                    arrays_from_record(reply.content[HEAD_KEY]), None, team=team, max_bytes=limit
+                )
+                if HEAD_KEY in reply.content
+                else {}
+            )
             metrics = dict(reply.content[METRICS_KEY]) if METRICS_KEY in reply.content else {}
         except (MedusaError, KeyError) as exc:
             self._drop(team, stage, f"payload rejected: {exc}")
@@ -289,13 +365,16 @@ class MedusaStrategy:
         """The reply must name the team and the base fingerprint it was trained from."""
         facts = dict(reply.content[CONFIG_KEY]) if CONFIG_KEY in reply.content else {}
         if facts.get("team") != team:
-            raise PayloadError(f"reply names team {facts.get('team')!r}, expected {team!r} (the "
-                               "team registered for this node); payload rejected")
+            raise PayloadError(
+                f"reply names team {facts.get('team')!r}, expected {team!r} (the "
+                "team registered for this node); payload rejected"
+            )
         if facts.get("fingerprint") != self.fingerprint:
             raise PayloadError(
                 f"payload was made from base {str(facts.get('fingerprint'))[:12]}..., expected "
                 f"the run's base {self.fingerprint[:12]}...; payload rejected, other teams "
-                "unaffected")
+                "unaffected"
+            )
 
     def _stored(self, team: str, stage: str, relpath: str) -> bool:
         """Whether ``relpath`` is stored intact. A file that fails its hash check is removed
@@ -316,10 +395,20 @@ class MedusaStrategy:
 
     def _train_settings(self) -> dict[str, object]:
         c = self.config
-        return {"model": c.model, "model-family": c.model_family, "method": c.method,
-                "epochs": c.epochs, "max-steps": c.max_steps, "lr": c.lr, "batch-size": c.batch_size,
-                "max-length": c.max_length, "max-train": c.max_train, "max-eval": c.max_eval,
-                "seed": c.seed, "eval-before": c.eval_before}
+        return {
+            "model": c.model,
+            "model-family": c.model_family,
+            "method": c.method,
+            "epochs": c.epochs,
+            "max-steps": c.max_steps,
+            "lr": c.lr,
+            "batch-size": c.batch_size,
+            "max-length": c.max_length,
+            "max-train": c.max_train,
+            "max-eval": c.max_eval,
+            "seed": c.seed,
+            "eval-before": c.eval_before,
+        }
 
     # ------------------------------------------------------------------ 4 MERGE
     def merge(self) -> None:
@@ -328,8 +417,12 @@ class MedusaStrategy:
         choices: list[tuple[MergeChoice, Branches]] = []
         if self.config.uses_ownership:
             choices.append((self.config.merge, self.masked))
-        choices += [(c, self.free) for c in
-                    ((self.config.merge,) if not self.config.uses_ownership else self.config.compare)]
+        choices += [
+            (c, self.free)
+            for c in (
+                (self.config.merge,) if not self.config.uses_ownership else self.config.compare
+            )
+        ]
         for choice, branches in choices:
             deltas = {t: d for t, d in branches.deltas.items() if t in self.roster.active}
             if not deltas:
@@ -337,27 +430,39 @@ class MedusaStrategy:
                 continue
             spec = _merge_spec(choice, self.config.seed)
             merged, stats = merge_states_with_report(
-                self.base_state, deltas, spec,
-                uncontrolled=uncontrolled if choice.method == "medusa" else (), progress=True)
+                self.base_state,
+                deltas,
+                spec,
+                uncontrolled=uncontrolled if choice.method == "medusa" else (),
+                progress=True,
+            )
             self.merged[choice.label] = merged
             self.merge_stats[choice.label] = stats
-            self._save_merged(choice.label, merged, branches,
-                              main=choice is self.config.merge and self.config.uses_ownership)
+            self._save_merged(
+                choice.label,
+                merged,
+                branches,
+                main=choice is self.config.merge and self.config.uses_ownership,
+            )
             log.info("merge: %s merged %d branches", choice.label, len(deltas))
 
     def _save_merged(self, label: str, merged: StateDict, branches: Branches, main: bool) -> None:
         """Store the merged shared space; for the run's main method also one Hugging Face
         directory (or PEFT adapter directory) per team: merged shared weights + its own head."""
-        self.run_dir.write_tensors(f"merged/{slug(label)}/shared.safetensors", merged,
-                                   metadata={"fingerprint": self.fingerprint, "method": label})
+        self.run_dir.write_tensors(
+            f"merged/{slug(label)}/shared.safetensors",
+            merged,
+            metadata={"fingerprint": self.fingerprint, "method": label},
+        )
         if not (main or not self.config.uses_ownership):
             return
         for team in self.roster.active:
             head = branches.heads.get(team)
             if self.base.is_classifier and not head:
                 continue  # the team keeps its head private (share-head = false)
-            labels = tuple(self.roster.info[team].get("labels", ())) if self.base.is_classifier \
-                else None
+            labels = (
+                tuple(self.roster.info[team].get("labels", ())) if self.base.is_classifier else None
+            )
             out = self.run_dir.file_path(f"merged/{slug(label)}/{team}")
             save_model_dir(self.base, out, merged, head or None, labels=labels or None)
             for path in sorted(p for p in out.rglob("*") if p.is_file()):
@@ -365,32 +470,74 @@ class MedusaStrategy:
 
     # ------------------------------------------------------------------ 5 EVAL
     def evaluate(self, grid: Grid) -> None:
-        """Each team scores every merged model on its own held-out data; only metrics return."""
+        """Each team scores every merged model on its own held-out data; only metrics return.
+
+        Metrics already stored (a resumed run) are read back instead of asked again."""
         for label, merged in self.merged.items():
             branch = "train" if label.startswith("medusa") else "baseline"
-            arrays = codec.encode_dense(merged)
-            teams = [t for t in self._usable("eval")]
-
             heads = (self.masked if branch == "train" else self.free).heads
-
-            def build(team: str):  # type: ignore[no-untyped-def]
-                records = {ARRAYS_KEY: record_from_arrays(arrays)}
-                if heads.get(team):  # a restarted team site gets back the head it shared
-                    records[HEAD_KEY] = record_from_arrays(codec.encode_dense(heads[team]))
-                return request(self._train_settings() | {"method-label": label, "branch": branch},
-                               **records)
-
-            replies = exchange(grid, self.roster, "eval", MSG_EVAL, build,
-                               self.config.stage_timeout_s, teams=teams, on_rejection=self._reject)
+            scores = self.eval_metrics.setdefault(label, {})
+            todo = []
+            for team in self._usable("eval"):
+                rel = f"eval/{slug(label)}/{team}.json"
+                if self.run_dir.exists(rel, verify=True):
+                    scores[team] = self.run_dir.read_json(rel)
+                else:
+                    todo.append(team)
+            if not todo:
+                continue
+            arrays = codec.encode_dense(merged)
+            build = partial(
+                self._eval_request, label=label, branch=branch, arrays=arrays, heads=heads
+            )
+            replies = exchange(
+                grid,
+                self.roster,
+                "eval",
+                MSG_EVAL,
+                build,
+                self.config.stage_timeout_s,
+                teams=todo,
+                on_rejection=self._reject,
+            )
             for team, reply in replies.items():
-                metrics = {k: float(v) for k, v in dict(reply.content[METRICS_KEY]).items()}
-                self.eval_metrics.setdefault(label, {})[team] = metrics
+                try:
+                    metrics = _finite_metrics(reply)
+                except (PayloadError, KeyError) as exc:
+                    self._drop(team, "eval", f"metrics rejected: {exc}")
+                    continue
+                scores[team] = metrics
                 self.run_dir.write_json(f"eval/{slug(label)}/{team}.json", metrics)
-                sent = codec.payload_nbytes(arrays)
                 entry = self.bytes.setdefault(team, {}).setdefault(
-                    "eval", {"sent": 0, "received": 0, "dense_fp32": 0})
-                entry["sent"] += sent
+                    "eval", {"sent": 0, "received": 0, "dense_fp32": 0}
+                )
+                entry["sent"] += codec.payload_nbytes(arrays)
                 entry["dense_fp32"] += codec.dense_fp32_nbytes(self.shapes)
+
+    def _eval_request(
+        self, team: str, *, label: str, branch: str, arrays: Payload, heads: dict[str, StateDict]
+    ) -> RecordDict:
+        """Merged shared weights, plus the team's own head if it shared one (so a restarted
+        team site can still score)."""
+        records = {ARRAYS_KEY: record_from_arrays(arrays)}
+        if heads.get(team):
+            records[HEAD_KEY] = record_from_arrays(codec.encode_dense(heads[team]))
+        settings = self._train_settings() | {"method-label": label, "branch": branch}
+        return request(settings, **records)
+
+
+def _finite_metrics(reply: Message) -> dict[str, float]:
+    """A reply's metrics as finite floats; PayloadError naming the first bad one."""
+    out = {}
+    for key, value in dict(reply.content[METRICS_KEY]).items():
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)
+        ):
+            raise PayloadError(f"metric {key!r}: expected a finite number, found {value!r}")
+        out[key] = float(value)
+    return out
 
 
 def _merge_spec(choice: MergeChoice, seed: int) -> MergeSpec:

@@ -11,7 +11,7 @@ if TYPE_CHECKING:
 
 
 def _prefixed(metrics: dict[str, float], prefix: str) -> dict[str, float]:
-    return {k[len(prefix):]: float(v) for k, v in metrics.items() if k.startswith(prefix)}
+    return {k[len(prefix) :]: float(v) for k, v in metrics.items() if k.startswith(prefix)}
 
 
 def build_report(strategy: MedusaStrategy) -> dict[str, Any]:
@@ -30,8 +30,9 @@ def build_report(strategy: MedusaStrategy) -> dict[str, Any]:
         info = roster.info[team]
         source = s.free if team in s.free.metrics else s.masked
         branch_metrics = source.metrics.get(team, {})
-        before = (_prefixed(s.masked.metrics.get(team, {}), "before_")
-                  or _prefixed(s.free.metrics.get(team, {}), "before_"))
+        before = _prefixed(s.masked.metrics.get(team, {}), "before_") or _prefixed(
+            s.free.metrics.get(team, {}), "before_"
+        )
         metrics: dict[str, Any] = {}
         if before:
             metrics["before"] = before
@@ -46,14 +47,16 @@ def build_report(strategy: MedusaStrategy) -> dict[str, Any]:
         if summary is not None and controlled and team in summary["share"]:
             share = float(summary["share"][team])
         left = roster.left_out.get(team)
-        entries.append({
-            "name": team,
-            "task": str(info.get("task", "?")),
-            "controlled": controlled,
-            "status": STATUS_OK if left is None else f"{LEFT_OUT}{left}",
-            "owned_share": share,
-            "metrics": metrics,
-        })
+        entries.append(
+            {
+                "name": team,
+                "task": str(info.get("task", "?")),
+                "controlled": controlled,
+                "status": STATUS_OK if left is None else f"{LEFT_OUT}{left}",
+                "owned_share": share,
+                "metrics": metrics,
+            }
+        )
     report: dict[str, Any] = {
         "run": s.config.to_mapping(),
         "base": {"source": s.config.model, "fingerprint": s.fingerprint},
@@ -67,9 +70,12 @@ def build_report(strategy: MedusaStrategy) -> dict[str, Any]:
         report["ownership"] = {
             "teams": {t: float(v) for t, v in summary["share"].items()},
             "per_tensor": [
-                {"name": name, "numel": int(t["numel"]),
-                 "share": {k: float(v) for k, v in t["share"].items()},
-                 "unowned": float(t["unowned"])}
+                {
+                    "name": name,
+                    "numel": int(t["numel"]),
+                    "share": {k: float(v) for k, v in t["share"].items()},
+                    "unowned": float(t["unowned"]),
+                }
                 for name, t in summary["tensors"].items()
             ],
         }
@@ -77,8 +83,10 @@ def build_report(strategy: MedusaStrategy) -> dict[str, Any]:
     for label, stats in s.merge_stats.items():
         totals = stats["totals"]
         numel = max(int(totals["numel"]), 1)
-        conflicts[label] = {"elements_touched_by_2plus": int(totals["overlap"]),
-                            "share": int(totals["overlap"]) / numel}
+        conflicts[label] = {
+            "elements_touched_by_2plus": int(totals["overlap"]),
+            "share": int(totals["overlap"]) / numel,
+        }
     if conflicts:
         report["conflicts"] = conflicts
     return report

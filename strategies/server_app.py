@@ -20,8 +20,9 @@ from .medusa_strategy import MedusaStrategy, model_spec
 log = logging.getLogger(__name__)
 
 
-def make_server_app(config: RunConfig | None = None,
-                    errors: list[BaseException] | None = None) -> ServerApp:
+def make_server_app(
+    config: RunConfig | None = None, errors: list[BaseException] | None = None
+) -> ServerApp:
     """A ServerApp for ``config``, or for the run config Flower hands it when ``None``.
 
     ``errors`` (if given) receives the exception that stopped the run, so a caller that runs the
@@ -31,6 +32,7 @@ def make_server_app(config: RunConfig | None = None,
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
+        _log_stages()
         try:
             cfg = config if config is not None else RunConfig.from_mapping(context.run_config)
             base = load_base(model_spec(cfg))
@@ -43,6 +45,19 @@ def make_server_app(config: RunConfig | None = None,
         log.info("report written to %s\n%s", cfg.out_dir, render_table(report))
 
     return app
+
+
+def _log_stages() -> None:
+    """Under ``flwr-serverapp`` (deployment) nothing sets up logging, so the stage lines would be
+    dropped: send medusa's INFO lines to stderr, which Flower forwards to ``flwr log``."""
+    medusa = logging.getLogger("medusa_fed")
+    if logging.getLogger().handlers or medusa.handlers:
+        return  # the CLI or a test harness already logs
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s",
+                                           datefmt="%H:%M:%S"))
+    medusa.addHandler(handler)
+    medusa.setLevel(logging.INFO)
 
 
 app = make_server_app()

@@ -18,8 +18,9 @@ TASK_WORDS = {
 }
 
 
-def write_task(path: Path, positive: tuple[str, ...], negative: tuple[str, ...], n: int = 120,
-               seed: int = 0) -> Path:
+def write_task(
+    path: Path, positive: tuple[str, ...], negative: tuple[str, ...], n: int = 120, seed: int = 0
+) -> Path:
     rng = random.Random(seed)
     lines = ["text,label"]
     for i in range(n):
@@ -40,8 +41,10 @@ def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_tasks(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("tasks")
-    return {name: write_task(root / f"{name}.csv", pos, neg, seed=i)
-            for i, (name, (pos, neg)) in enumerate(TASK_WORDS.items())}
+    return {
+        name: write_task(root / f"{name}.csv", pos, neg, seed=i)
+        for i, (name, (pos, neg)) in enumerate(TASK_WORDS.items())
+    }
 
 
 @pytest.fixture(scope="session")
@@ -52,8 +55,16 @@ def tiny_run_config():  # type: ignore[no-untyped-def]
 
 def make_tiny_run_config(model: Path, out: Path, **overrides: object) -> RunConfig:
     raw: dict[str, object] = {
-        "model": str(model), "epochs": 3, "probe-epochs": 1, "max-train": 80, "max-eval": 40,
-        "batch-size": 8, "max-length": 16, "lr": 3e-3, "out-dir": str(out), "min-teams": 2,
+        "model": str(model),
+        "epochs": 3,
+        "probe-epochs": 1,
+        "max-train": 80,
+        "max-eval": 40,
+        "batch-size": 8,
+        "max-length": 16,
+        "lr": 3e-3,
+        "out-dir": str(out),
+        "min-teams": 2,
     }
     raw.update(overrides)
     return RunConfig.from_mapping(raw)

@@ -13,20 +13,47 @@ from medusa_fed.simulations.variants import VARIANTS
 def test_benchmark_runs_every_method_and_writes_tables(tiny_bert, tiny_tasks, tmp_path):
     tasks = tuple(str(tiny_tasks[n]) for n in ("alpha", "beta", "gamma"))
     cfg = BenchConfig(
-        teams=tasks, settings=(tasks[:2], tasks), model=str(tiny_bert), max_train=80,
-        max_validation=20, max_test=30, epochs=3, probe_epochs=1, lr=3e-3, batch_size=8,
+        teams=tasks,
+        settings=(tasks[:2], tasks),
+        model=str(tiny_bert),
+        max_train=80,
+        max_validation=20,
+        max_test=30,
+        epochs=3,
+        probe_epochs=1,
+        lr=3e-3,
+        batch_size=8,
         max_length=16,
-        grid={"linear": [{}], "task_arithmetic": [{"scale": 0.5}, {"scale": 1.0}],
-              "ties": [{"density": 0.5, "scale": 1.0}], "dare_ties": [{"drop_rate": 0.5}]},
-        variants=(VARIANTS["proportional"], VARIANTS["uncontrolled"], VARIANTS["rounds2"],
-                  VARIANTS["frozen"], VARIANTS["scaled"]),
+        grid={
+            "linear": [{}],
+            "task_arithmetic": [{"scale": 0.5}, {"scale": 1.0}],
+            "ties": [{"density": 0.5, "scale": 1.0}],
+            "dare_ties": [{"drop_rate": 0.5}],
+        },
+        variants=(
+            VARIANTS["proportional"],
+            VARIANTS["uncontrolled"],
+            VARIANTS["rounds2"],
+            VARIANTS["frozen"],
+            VARIANTS["scaled"],
+        ),
     )
     messages: list[str] = []
     cells = Bench(cfg, progress=messages.append).run()
     methods = {c.method for c in cells}
-    assert methods == {"alone", "floor (head only)", "linear", "task_arithmetic", "ties",
-                       "dare_ties", "medusa:proportional", "medusa:uncontrolled",
-                       "medusa:rounds2", "medusa:frozen", "medusa:scaled"}
+    assert methods == {
+        "alone",
+        "floor (head only)",
+        "linear",
+        "task_arithmetic",
+        "ties",
+        "dare_ties",
+        "medusa:proportional",
+        "medusa:uncontrolled",
+        "medusa:rounds2",
+        "medusa:frozen",
+        "medusa:scaled",
+    }
     assert len(cells) == 2 * len(methods)
     for c in cells:
         assert set(c.test) <= {"alpha", "beta", "gamma"} and len(c.test) in (2, 3)
@@ -34,8 +61,7 @@ def test_benchmark_runs_every_method_and_writes_tables(tiny_bert, tiny_tasks, tm
     tuned = [c for c in cells if c.method == "task_arithmetic"]
     assert all(c.grid_tried == 2 and c.params["scale"] in (0.5, 1.0) for c in tuned)
     scaled = [c for c in cells if c.method == "medusa:scaled"]
-    assert all(c.grid_tried == 4 and c.params["scale"] in VARIANTS["scaled"].scales
-               for c in scaled)
+    assert all(c.grid_tried == 4 and c.params["scale"] in VARIANTS["scaled"].scales for c in scaled)
     # branches are trained once and reused: one unmasked fine-tune and one probe per team
     assert sum("unmasked" in m for m in messages) == 3
     assert sum(m.startswith("probe") for m in messages) == 3

@@ -10,25 +10,30 @@ from pathlib import Path
 
 import pytest
 import torch
+from medusa_fed.clients.client_app import make_client_app
+from medusa_fed.simulations.inprocess_grid import InProcessGrid
+from medusa_fed.strategies.medusa_strategy import MedusaStrategy, model_spec
 from transformers import AutoModelForSequenceClassification
 
 from medusa_fed import codec
-from medusa_fed.clients.client_app import make_client_app
 from medusa_fed.codec.records import arrays_from_record
 from medusa_fed.errors import ConfigError
 from medusa_fed.ownership import OwnershipMap
 from medusa_fed.protocol import ARRAYS_KEY, MSG_EVAL, MSG_FREE, MSG_PROBE, MSG_TRAIN
-from medusa_fed.simulations.inprocess_grid import InProcessGrid
 from medusa_fed.store.run_dir import RunDir
-from medusa_fed.strategies.medusa_strategy import MedusaStrategy, model_spec
 from medusa_fed.training import load_base
 
 
-
-def _grid(tasks: dict[str, Path], uncontrolled: tuple[str, ...] = (), silent: set[int] = frozenset(),
-          extra: dict[int, dict] | None = None) -> InProcessGrid:
-    configs = {i + 1: {"team": name, "task": str(path), "controlled": name not in uncontrolled}
-               for i, (name, path) in enumerate(sorted(tasks.items()))}
+def _grid(
+    tasks: dict[str, Path],
+    uncontrolled: tuple[str, ...] = (),
+    silent: set[int] = frozenset(),
+    extra: dict[int, dict] | None = None,
+) -> InProcessGrid:
+    configs = {
+        i + 1: {"team": name, "task": str(path), "controlled": name not in uncontrolled}
+        for i, (name, path) in enumerate(sorted(tasks.items()))
+    }
     configs.update(extra or {})
     return InProcessGrid(make_client_app(), configs, silent=set(silent))
 
@@ -39,7 +44,9 @@ def _config_factory(tiny_run_config):  # type: ignore[no-untyped-def]
     _config = tiny_run_config
 
 
-def _run(model: Path, out: Path, grid: InProcessGrid, **overrides: object) -> tuple[dict, MedusaStrategy]:
+def _run(
+    model: Path, out: Path, grid: InProcessGrid, **overrides: object
+) -> tuple[dict, MedusaStrategy]:
     cfg = _config(model, out, **overrides)
     strategy = MedusaStrategy(cfg, load_base(model_spec(cfg)))
     return strategy.run(grid), strategy
@@ -60,17 +67,25 @@ def test_full_run_every_stage_and_exact_three_way_merge(tiny_bert, tiny_tasks, t
     assert len(_sent(grid, MSG_EVAL)) == 3 * 3  # three merged models, three teams
     assert report["methods"] == ["medusa", "ties", "task_arithmetic"]
     run = RunDir(tmp_path / "run", readonly=True)
-    for rel in ("ownership.safetensors", "report.json", "report.md", "probe/alpha.safetensors",
-                "train/gamma.safetensors", "baseline/beta.safetensors",
-                "merged/medusa/shared.safetensors", "merged/ties/shared.safetensors"):
+    for rel in (
+        "ownership.safetensors",
+        "report.json",
+        "report.md",
+        "probe/alpha.safetensors",
+        "train/gamma.safetensors",
+        "baseline/beta.safetensors",
+        "merged/medusa/shared.safetensors",
+        "merged/ties/shared.safetensors",
+    ):
         assert run.exists(rel, verify=True), rel
     # each controlled team got its own mask, and the masks are the ownership map's
     ownership = OwnershipMap.load(run.file_path("ownership.safetensors"))
     masks = {}
     for message in _sent(grid, MSG_TRAIN):
         team = strategy.roster.team_of(message.metadata.dst_node_id)
-        masks[team] = codec.decode_mask(arrays_from_record(message.content[ARRAYS_KEY]),
-                                        strategy.shapes)
+        masks[team] = codec.decode_mask(
+            arrays_from_record(message.content[ARRAYS_KEY]), strategy.shapes
+        )
         for name, m in masks[team].items():
             assert torch.equal(m, ownership.mask(team)[name])
     for name in strategy.shapes:
@@ -99,7 +114,9 @@ def test_merged_team_model_loads_with_from_pretrained(tiny_bert, tiny_tasks, tmp
     report, _ = _run(tiny_bert, tmp_path / "run", _grid(tiny_tasks), epochs=1)
     model = AutoModelForSequenceClassification.from_pretrained(tmp_path / "run/merged/medusa/alpha")
     assert model.config.id2label == {0: "neg", 1: "pos"}
-    merged, _ = RunDir(tmp_path / "run", readonly=True).read_tensors("merged/medusa/shared.safetensors")
+    merged, _ = RunDir(tmp_path / "run", readonly=True).read_tensors(
+        "merged/medusa/shared.safetensors"
+    )
     state = model.state_dict()
     some = next(n for n in merged if n.endswith("query.weight"))
     assert torch.equal(state[f"bert.{some}"], merged[some])
@@ -130,8 +147,9 @@ def test_team_with_missing_data_is_left_out_and_the_run_goes_on(tiny_bert, tiny_
 
 
 def test_silent_team_times_out_in_hello_and_is_reported(tiny_bert, tiny_tasks, tmp_path):
-    report, strategy = _run(tiny_bert, tmp_path / "run", _grid(tiny_tasks, silent={2}),
-                            **{"stage-timeout-s": 1})
+    report, strategy = _run(
+        tiny_bert, tmp_path / "run", _grid(tiny_tasks, silent={2}), **{"stage-timeout-s": 1}
+    )
     assert sorted(strategy.roster.active) == ["alpha", "gamma"]
     assert any("no reply" in r["reason"] for r in report["rejections"])
 
@@ -147,8 +165,9 @@ def test_restart_reuses_stored_probes_and_branches(tiny_bert, tiny_tasks, tmp_pa
     again = _grid(tiny_tasks)
     second, _ = _run(tiny_bert, tmp_path / "run", again, epochs=1)
     assert _sent(again, MSG_PROBE) == [] and _sent(again, MSG_TRAIN) == []
-    assert [t["metrics"]["merged"] for t in first["teams"]] == \
-        [t["metrics"]["merged"] for t in second["teams"]]
+    assert [t["metrics"]["merged"] for t in first["teams"]] == [
+        t["metrics"]["merged"] for t in second["teams"]
+    ]
 
 
 def test_baseline_only_run_skips_probe_and_masks(tiny_bert, tiny_tasks, tmp_path):

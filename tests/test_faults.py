@@ -14,13 +14,13 @@ import numpy as np
 import pytest
 import torch
 from flwr.app import ConfigRecord, Message
-
 from medusa_fed.clients.client_app import make_client_app
+from medusa_fed.simulations.inprocess_grid import InProcessGrid
+from medusa_fed.strategies.medusa_strategy import MedusaStrategy, model_spec
+
 from medusa_fed.codec.records import arrays_from_record, record_from_arrays
 from medusa_fed.protocol import ARRAYS_KEY, CONFIG_KEY, MSG_PROBE, MSG_TRAIN
-from medusa_fed.simulations.inprocess_grid import InProcessGrid
 from medusa_fed.store.run_dir import RunDir
-from medusa_fed.strategies.medusa_strategy import MedusaStrategy, model_spec
 from medusa_fed.training import load_base
 
 BAD = 2  # node 2 is team "beta"
@@ -29,15 +29,25 @@ Tamper = Callable[[int, Message, Message], list[Message]]
 
 @pytest.fixture
 def run(tiny_bert, tiny_tasks, tiny_run_config, tmp_path):  # type: ignore[no-untyped-def]
-    """Run the coordinator on ``out`` with an optional tamper hook; returns (report, strategy, grid)."""
+    """Run the coordinator on ``out`` with a tamper hook; returns (report, strategy, grid)."""
 
-    def go(tamper: Tamper | None = None, out: Path | None = None, silent: set[int] = frozenset(),
-           **overrides: object):  # type: ignore[no-untyped-def]
-        configs = {i + 1: {"team": name, "task": str(path)}
-                   for i, (name, path) in enumerate(sorted(tiny_tasks.items()))}
+    def go(
+        tamper: Tamper | None = None,
+        out: Path | None = None,
+        silent: set[int] = frozenset(),
+        **overrides: object,
+    ):  # type: ignore[no-untyped-def]
+        configs = {
+            i + 1: {"team": name, "task": str(path)}
+            for i, (name, path) in enumerate(sorted(tiny_tasks.items()))
+        }
         grid = InProcessGrid(make_client_app(), configs, silent=set(silent), tamper=tamper)
-        cfg = tiny_run_config(tiny_bert, out or tmp_path / "run", epochs=1,
-                              **{"eval-before": False, "stage-timeout-s": 1, **overrides})
+        cfg = tiny_run_config(
+            tiny_bert,
+            out or tmp_path / "run",
+            epochs=1,
+            **{"eval-before": False, "stage-timeout-s": 1, **overrides},
+        )
         strategy = MedusaStrategy(cfg, load_base(model_spec(cfg)))
         return strategy.run(grid), strategy, grid
 
@@ -55,7 +65,9 @@ def on(node: int, message_type: str, change: Callable[[Message], list[Message]])
     return hook
 
 
-def edit_arrays(edit: Callable[[dict[str, np.ndarray]], None]) -> Callable[[Message], list[Message]]:
+def edit_arrays(
+    edit: Callable[[dict[str, np.ndarray]], None],
+) -> Callable[[Message], list[Message]]:
     def change(reply: Message) -> list[Message]:
         arrays = dict(arrays_from_record(reply.content[ARRAYS_KEY]))
         edit(arrays)
@@ -211,14 +223,20 @@ def test_late_team_in_train_is_merged_on_resume_bit_identical(run, tmp_path):
     assert_merged_from(tmp_path / "late", strategy, ["alpha", "gamma"])
     # ... and when the coordinator resumes with beta back, only beta trains
     report2, strategy2, grid = run(out=tmp_path / "late")
-    trained = [strategy2.roster.team_of(m.metadata.dst_node_id) for m in grid.sent
-               if m.metadata.message_type == MSG_TRAIN]
+    trained = [
+        strategy2.roster.team_of(m.metadata.dst_node_id)
+        for m in grid.sent
+        if m.metadata.message_type == MSG_TRAIN
+    ]
     assert trained == ["beta"]
     probed = [m for m in grid.sent if m.metadata.message_type == MSG_PROBE]
     assert probed == []
-    late, _ = RunDir(tmp_path / "late", readonly=True).read_tensors("merged/medusa/shared.safetensors")
+    late, _ = RunDir(tmp_path / "late", readonly=True).read_tensors(
+        "merged/medusa/shared.safetensors"
+    )
     ontime, _ = RunDir(tmp_path / "ontime", readonly=True).read_tensors(
-        "merged/medusa/shared.safetensors")
+        "merged/medusa/shared.safetensors"
+    )
     for name in ontime:
         assert torch.equal(late[name], ontime[name]), name
 
@@ -229,7 +247,8 @@ class Crash(RuntimeError):
 
 @pytest.mark.parametrize("stage", ["probe", "assign", "train", "merge", "evaluate"])
 def test_coordinator_crash_in_each_stage_resumes_without_redoing_stored_work(
-        run, tmp_path, monkeypatch, stage):
+    run, tmp_path, monkeypatch, stage
+):
     run(out=tmp_path / "clean")
     original = getattr(MedusaStrategy, stage)
 
@@ -247,8 +266,12 @@ def test_coordinator_crash_in_each_stage_resumes_without_redoing_stored_work(
         assert MSG_PROBE not in asked
     if stage in ("train", "merge", "evaluate"):
         assert MSG_TRAIN not in asked
-    a, _ = RunDir(tmp_path / "crashed", readonly=True).read_tensors("merged/medusa/shared.safetensors")
-    b, _ = RunDir(tmp_path / "clean", readonly=True).read_tensors("merged/medusa/shared.safetensors")
+    a, _ = RunDir(tmp_path / "crashed", readonly=True).read_tensors(
+        "merged/medusa/shared.safetensors"
+    )
+    b, _ = RunDir(tmp_path / "clean", readonly=True).read_tensors(
+        "merged/medusa/shared.safetensors"
+    )
     assert all(torch.equal(a[n], b[n]) for n in b)
     assert all(t["status"] == "ok" for t in report["teams"])
 
@@ -260,8 +283,11 @@ def test_corrupt_stored_payload_is_detected_and_asked_again(run, tmp_path):
     raw[-5] ^= 0xFF
     path.write_bytes(bytes(raw))
     report, strategy, grid = run()
-    trained = [strategy.roster.team_of(m.metadata.dst_node_id) for m in grid.sent
-               if m.metadata.message_type == MSG_TRAIN]
+    trained = [
+        strategy.roster.team_of(m.metadata.dst_node_id)
+        for m in grid.sent
+        if m.metadata.message_type == MSG_TRAIN
+    ]
     assert trained == ["beta"]
     assert any("sha256" in r["reason"] for r in report["rejections"])
     assert_merged_from(tmp_path / "run", strategy, ["alpha", "beta", "gamma"])

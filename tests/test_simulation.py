@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from medusa_fed.simulations.simulate import parse_teams, simulate
 from typer.testing import CliRunner
 
 from medusa_fed.cli import app
 from medusa_fed.errors import ConfigError
-from medusa_fed.simulations.simulate import parse_teams, simulate
 from medusa_fed.store.run_dir import RunDir
 from medusa_fed.training import load_base
 from medusa_fed.training.config import ModelSpec
@@ -23,8 +23,9 @@ from medusa_fed.training.config import ModelSpec
 @pytest.fixture(scope="module")
 def ray_run(tiny_bert, tiny_tasks, tiny_run_config, tmp_path_factory):  # type: ignore[no-untyped-def]
     out = tmp_path_factory.mktemp("sim") / "ray"
-    teams = parse_teams(",".join(f"{n}={p}" for n, p in sorted(tiny_tasks.items())),
-                        uncontrolled=["gamma"])
+    teams = parse_teams(
+        ",".join(f"{n}={p}" for n, p in sorted(tiny_tasks.items())), uncontrolled=["gamma"]
+    )
     config = tiny_run_config(tiny_bert, out, compare="ties")
     report = simulate(config, teams, backend="ray")
     return report, out, teams, config
@@ -48,18 +49,23 @@ def test_simulation_merge_is_base_plus_owned_deltas_and_matches_inprocess(ray_ru
     merged, _ = run.read_tensors("merged/medusa/shared.safetensors")
     base = load_base(ModelSpec(source=config.model)).shared_state()
     deltas = [run.read_tensors(f"train/{t}.safetensors")[0] for t in ("alpha", "beta")]
-    for name, b in base.items():  # no overlap between the two controlled teams
+    for name in base:  # no overlap between the two controlled teams
         both = (deltas[0][name] != 0) & (deltas[1][name] != 0)
         assert not bool(both.any())
     # the same seed in-process gives the same merged weights, bit for bit
-    again = simulate(config.__class__(**{**config.__dict__, "out_dir": str(tmp_path / "in")}),
-                     teams, backend="inprocess")
+    again = simulate(
+        config.__class__(**{**config.__dict__, "out_dir": str(tmp_path / "in")}),
+        teams,
+        backend="inprocess",
+    )
     merged2, _ = RunDir(tmp_path / "in", readonly=True).read_tensors(
-        "merged/medusa/shared.safetensors")
+        "merged/medusa/shared.safetensors"
+    )
     for name in merged:
         assert torch.equal(merged[name], merged2[name]), name
-    assert [t["metrics"]["merged"] for t in report["teams"]] == \
-        [t["metrics"]["merged"] for t in again["teams"]]
+    assert [t["metrics"]["merged"] for t in report["teams"]] == [
+        t["metrics"]["merged"] for t in again["teams"]
+    ]
 
 
 def test_parse_teams_rejects_bad_lists():
@@ -71,16 +77,39 @@ def test_parse_teams_rejects_bad_lists():
         parse_teams("movie")
     teams = parse_teams("movie, legal=/data/l.csv", uncontrolled=["legal"])
     assert [(t.name, t.task, t.controlled) for t in teams] == [
-        ("movie", "movie", True), ("legal", "/data/l.csv", False)]
+        ("movie", "movie", True),
+        ("legal", "/data/l.csv", False),
+    ]
 
 
 def test_cli_simulate_inprocess_prints_the_table(tiny_bert, tiny_tasks, tmp_path: Path):
     teams = ",".join(f"{n}={p}" for n, p in sorted(tiny_tasks.items()))
-    result = CliRunner().invoke(app, [
-        "simulate", "--teams", teams, "--model", str(tiny_bert), "--backend", "inprocess",
-        "--compare", "task_arithmetic", "--max-train", "60", "--max-eval", "30",
-        "--max-length", "16", "--epochs", "1", "--lr", "0.003", "--out", str(tmp_path / "r"),
-    ])
+    result = CliRunner().invoke(
+        app,
+        [
+            "simulate",
+            "--teams",
+            teams,
+            "--model",
+            str(tiny_bert),
+            "--backend",
+            "inprocess",
+            "--compare",
+            "task_arithmetic",
+            "--max-train",
+            "60",
+            "--max-eval",
+            "30",
+            "--max-length",
+            "16",
+            "--epochs",
+            "1",
+            "--lr",
+            "0.003",
+            "--out",
+            str(tmp_path / "r"),
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "task_arithmetic" in result.output and "average" in result.output
     assert (tmp_path / "r" / "report.json").is_file()

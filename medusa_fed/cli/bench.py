@@ -43,8 +43,9 @@ def bench_config(mode: str, method: str, seeds: str, variants: str):  # type: ig
     if variants:
         unknown = [v for v in variants.split(",") if v not in VARIANTS]
         if unknown:
-            raise typer.BadParameter(f"--variants: unknown {unknown}; expected some of "
-                                     f"{', '.join(VARIANTS)}")
+            raise typer.BadParameter(
+                f"--variants: unknown {unknown}; expected some of {', '.join(VARIANTS)}"
+            )
         cfg.variants = tuple(VARIANTS[v] for v in variants.split(","))
     return cfg
 
@@ -55,8 +56,13 @@ def bench(
     out: Annotated[Path, Option(help="Output directory.")] = Path("runs/bench"),
     method: Annotated[str, Option(help="full | lora | ia3")] = "full",
     seeds: Annotated[str, Option(help="Comma-separated seeds (default: the mode's).")] = "",
-    variants: Annotated[str, Option(help="Comma-separated Medusa variants (default: the "
-                                         "mode's); see medusa_fed.simulations.variants.")] = "",
+    variants: Annotated[
+        str,
+        Option(
+            help="Comma-separated Medusa variants (default: the "
+            "mode's); see medusa_fed.simulations.variants."
+        ),
+    ] = "",
 ) -> None:
     """Benchmark merged-model quality on the bundled tasks and write tables and plots."""
     from medusa_fed.simulations import bench_report
@@ -64,10 +70,13 @@ def bench(
 
     cfg = bench_config(mode, method, seeds, variants)
     started = time.monotonic()
-    cells = Bench(cfg, progress=lambda msg: typer.echo(f"[{time.monotonic() - started:6.0f} s] "
-                                                       f"{msg}", err=True)).run()
+    cells = Bench(
+        cfg,
+        progress=lambda msg: typer.echo(f"[{time.monotonic() - started:6.0f} s] {msg}", err=True),
+    ).run()
     wall = time.monotonic() - started
     path = bench_report.write(out, cells, cfg, wall)
     typer.echo(path.read_text())
-    typer.echo(f"written: {path}, {out / 'results.json'}, {out / 'accuracy.png'}, "
-               f"{out / 'normalized.png'}")
+    typer.echo(
+        f"written: {path}, {out / 'results.json'}, {out / 'accuracy.png'}, {out / 'normalized.png'}"
+    )

@@ -22,18 +22,35 @@ from medusa_fed.cli.app import app
 
 @app.command()
 def simulate(
-    teams: Annotated[str, Option(help="Comma-separated teams: bundled task (movie, tweet, spam, "
-                                      "bbc) or name=task / name=/path/data.csv.")] = "movie,tweet,bbc",
+    teams: Annotated[
+        str,
+        Option(
+            help="Comma-separated teams: bundled task (movie, tweet, spam, "
+            "bbc) or name=task / name=/path/data.csv."
+        ),
+    ] = "movie,tweet,bbc",
     uncontrolled: Annotated[str, Option(help="Comma-separated teams that refuse masks.")] = "",
     out: Annotated[Path, Option(help="Run directory.")] = Path("runs/demo"),
     model: Annotated[str, Option(help="Bundled model or local HF directory.")] = "all-MiniLM-L6-v2",
     method: Annotated[str, Option(help="full | lora | ia3")] = "full",
-    merge: Annotated[str, Option(help="medusa, or a baseline (ties, task_arithmetic, linear, "
-                                      "dare_linear, dare_task_arithmetic, dare_ties).")] = "medusa",
-    compare: Annotated[str, Option(help="Baselines also run (unmasked branches), comma-separated; "
-                                        "settings as ties:density=0.2:scale=1.")] = "",
+    merge: Annotated[
+        str,
+        Option(
+            help="medusa, or a baseline (ties, task_arithmetic, linear, "
+            "dare_linear, dare_task_arithmetic, dare_ties)."
+        ),
+    ] = "medusa",
+    compare: Annotated[
+        str,
+        Option(
+            help="Baselines also run (unmasked branches), comma-separated; "
+            "settings as ties:density=0.2:scale=1."
+        ),
+    ] = "",
     assignment: Annotated[str, Option(help="proportional | argmax | balanced")] = "proportional",
-    unselected: Annotated[str, Option(help="Elements no probe selected: random | frozen")] = "random",
+    unselected: Annotated[
+        str, Option(help="Elements no probe selected: random | frozen")
+    ] = "random",
     probe_density: Annotated[float, Option(help="Top-d fraction of each probe delta.")] = 0.2,
     probe_epochs: Annotated[float, Option(help="Probe budget in epochs.")] = 1.0,
     epochs: Annotated[float, Option(help="Fine-tuning epochs per team.")] = 2.0,
@@ -55,14 +72,28 @@ def simulate(
     from medusa_fed.simulations.simulate import simulate as run
 
     try:
-        config = RunConfig.from_mapping({
-            "model": model, "method": method, "merge": merge, "compare": compare,
-            "assignment": assignment, "unselected": unselected, "probe-density": probe_density,
-            "probe-epochs": probe_epochs, "epochs": epochs, "lr": lr, "batch-size": batch_size,
-            "max-length": max_length, "max-train": max_train, "max-eval": max_eval,
-            "eval-before": eval_before, "min-teams": min_teams, "seed": seed,
-            "out-dir": str(out),
-        })
+        config = RunConfig.from_mapping(
+            {
+                "model": model,
+                "method": method,
+                "merge": merge,
+                "compare": compare,
+                "assignment": assignment,
+                "unselected": unselected,
+                "probe-density": probe_density,
+                "probe-epochs": probe_epochs,
+                "epochs": epochs,
+                "lr": lr,
+                "batch-size": batch_size,
+                "max-length": max_length,
+                "max-train": max_train,
+                "max-eval": max_eval,
+                "eval-before": eval_before,
+                "min-teams": min_teams,
+                "seed": seed,
+                "out-dir": str(out),
+            }
+        )
         team_list = parse_teams(teams, [u.strip() for u in uncontrolled.split(",") if u.strip()])
         if backend not in ("ray", "inprocess"):
             raise typer.BadParameter(f"--backend: expected ray or inprocess, found {backend!r}")

@@ -32,7 +32,7 @@ def record_from_arrays(arrays: Mapping[str, NDArray]) -> ArrayRecord:
     return record
 
 
-def arrays_from_record(record: ArrayRecord) -> Payload:
+def arrays_from_record(record: object) -> Payload:
     """Unwrap an ArrayRecord into a payload; a corrupt or mislabelled array raises PayloadError.
 
     Only checks that each array loads (no pickle) and matches its declared dtype and shape; the

@@ -9,22 +9,25 @@ from medusa_fed.run_config import MergeChoice, RunConfig
 from medusa_fed.team_config import TeamConfig
 
 
-@pytest.mark.parametrize(("raw", "message"), [
-    ({"merge": "average"}, "unknown merge method 'average'"),
-    ({"compare": "ties,bogus"}, "unknown merge method 'bogus'"),
-    ({"merge": "ties:alpha=3"}, "key one of scale, density"),
-    ({"merge": "ties:density=x"}, "value is not a number"),
-    ({"probe-density": 0}, "probe-density must be in (0, 1]"),
-    ({"probe-density": 1.5}, "probe-density must be in (0, 1]"),
-    ({"method": "qlora"}, "method: expected one of full, lora, ia3"),
-    ({"assignment": "greedy"}, "assignment: expected one of"),
-    ({"min-teams": 0}, "min-teams must be >= 1"),
-    ({"epochs": -1}, "epochs must be > 0"),
-    ({"eval-before": "maybe"}, "expected true or false"),
-    ({"batch-size": "many"}, "batch-size: cannot use 'many'"),
-    ({"probe_density": 0.2}, "unknown run-config keys ['probe_density']"),
-    ({"merge": "ties", "compare": "linear"}, "'compare' is only"),
-])
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ({"merge": "average"}, "unknown merge method 'average'"),
+        ({"compare": "ties,bogus"}, "unknown merge method 'bogus'"),
+        ({"merge": "ties:alpha=3"}, "key one of scale, density"),
+        ({"merge": "ties:density=x"}, "value is not a number"),
+        ({"probe-density": 0}, "probe-density must be in (0, 1]"),
+        ({"probe-density": 1.5}, "probe-density must be in (0, 1]"),
+        ({"method": "qlora"}, "method: expected one of full, lora, ia3"),
+        ({"assignment": "greedy"}, "assignment: expected one of"),
+        ({"min-teams": 0}, "min-teams must be >= 1"),
+        ({"epochs": -1}, "epochs must be > 0"),
+        ({"eval-before": "maybe"}, "expected true or false"),
+        ({"batch-size": "many"}, "batch-size: cannot use 'many'"),
+        ({"probe_density": 0.2}, "unknown run-config keys ['probe_density']"),
+        ({"merge": "ties", "compare": "linear"}, "'compare' is only"),
+    ],
+)
 def test_bad_run_config_names_the_key_and_the_expectation(raw, message):
     with pytest.raises(ConfigError) as err:
         RunConfig.from_mapping(raw)
@@ -32,21 +35,31 @@ def test_bad_run_config_names_the_key_and_the_expectation(raw, message):
 
 
 def test_run_config_round_trips_through_its_mapping():
-    cfg = RunConfig.from_mapping({"merge": "medusa", "compare": "ties:density=0.3,dare_ties",
-                                  "assignment": "balanced", "eval-before": "false", "seed": "7"})
+    cfg = RunConfig.from_mapping(
+        {
+            "merge": "medusa",
+            "compare": "ties:density=0.3,dare_ties",
+            "assignment": "balanced",
+            "eval-before": "false",
+            "seed": "7",
+        }
+    )
     assert RunConfig.from_mapping(cfg.to_mapping()) == cfg
     assert cfg.compare[0] == MergeChoice("ties", (("density", 0.3),))
     assert cfg.compare[0].label == "ties(density=0.3)"
     assert cfg.eval_before is False and cfg.seed == 7 and cfg.needs_free_branches
 
 
-@pytest.mark.parametrize(("raw", "message"), [
-    ({}, "node config has no 'task'"),
-    ({"task": "movie", "colour": "red"}, "unknown node-config keys ['colour']"),
-    ({"task": "movie", "controlled": "perhaps"}, "controlled: expected true or false"),
-    ({"task": "movie", "max-train": "lots"}, "max-train: expected an integer"),
-    ({"task": "movie", "team": "a b"}, "team name must be letters"),
-])
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ({}, "node config has no 'task'"),
+        ({"task": "movie", "colour": "red"}, "unknown node-config keys ['colour']"),
+        ({"task": "movie", "controlled": "perhaps"}, "controlled: expected true or false"),
+        ({"task": "movie", "max-train": "lots"}, "max-train: expected an integer"),
+        ({"task": "movie", "team": "a b"}, "team name must be letters"),
+    ],
+)
 def test_bad_node_config_is_refused(raw, message):
     with pytest.raises(ConfigError) as err:
         TeamConfig.from_node_config(raw)
@@ -54,7 +67,8 @@ def test_bad_node_config_is_refused(raw, message):
 
 
 def test_node_config_controlled_false_is_the_teams_own_choice():
-    team = TeamConfig.from_node_config({"task": "/data/legal.csv", "controlled": "false",
-                                        "partition-id": 0, "num-partitions": 2})
+    team = TeamConfig.from_node_config(
+        {"task": "/data/legal.csv", "controlled": "false", "partition-id": 0, "num-partitions": 2}
+    )
     assert team.name == "legal" and team.controlled is False
     assert TeamConfig.from_node_config(team.to_node_config()) == team
