@@ -16,7 +16,7 @@ masked branches (``RUN`` a run id prefix or ``latest``). Output directories load
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, cast
 
 import typer
 from typer import Argument, Option
@@ -50,9 +50,13 @@ def merge(
 ) -> None:
     """Merge stored branches with any merge method; record the merge; optionally export it."""
     from medusa_fed.errors import MedusaError
-    from medusa_fed.merging import MergeSpec
     from medusa_fed.store.branches import Store
-    from medusa_fed.store.remerge import export_object, load_merge_config, merge_branches
+    from medusa_fed.store.remerge import (
+        export_object,
+        load_merge_config,
+        make_spec,
+        merge_branches,
+    )
 
     settings = {k: v for k, v in (("scale", scale), ("density", density),
                                   ("drop_rate", drop_rate), ("seed", seed)) if v is not None}
@@ -65,7 +69,7 @@ def merge(
         else:
             if not branches or not method:
                 raise typer.BadParameter("give branch ids and --method (or --config FILE)")
-            refs, spec = list(branches), MergeSpec(method.replace("-", "_"), **settings)  # type: ignore[arg-type]
+            refs, spec = list(branches), make_spec(method, **settings)
         with Store(store_dir(store)) as opened:
             outcome = merge_branches(opened, refs, spec, model=model)
             row = opened.get(outcome.id)
@@ -131,21 +135,23 @@ def join(
     """A new team trains the elements earlier teams left free and merges onto the result."""
     from medusa_fed.errors import MedusaError
     from medusa_fed.store.branches import Store
-    from medusa_fed.store.join import join_after_merge
+    from medusa_fed.store.join import JoinPolicy, join_after_merge
     from medusa_fed.store.values import base_model
     from medusa_fed.training.config import TrainConfig
-    from medusa_fed.training.data import TaskSpec, load_task
+    from medusa_fed.training.data import TaskKind, TaskSpec, load_task
 
+    if policy not in ("free", "take"):
+        raise typer.BadParameter(f"--policy: expected free or take, found {policy!r}")
     try:
         with Store(store_dir(store)) as opened:
             row = opened.resolve(merge_id, "merge")
             base = base_model(opened, row, model)
-            kind = "classification" if base.is_classifier else "language-modeling"
-            data = load_task(TaskSpec(source=task, kind=kind, max_train=max_train,  # type: ignore[arg-type]
+            kind: TaskKind = "classification" if base.is_classifier else "language-modeling"
+            data = load_task(TaskSpec(source=task, kind=kind, max_train=max_train,
                                       max_test=max_test, seed=seed))
             cfg = TrainConfig(epochs=epochs, max_steps=max_steps, lr=lr, batch_size=batch_size,
                               max_length=max_length, seed=seed)
-            r = join_after_merge(opened, row.id, team, data, cfg, policy,  # type: ignore[arg-type]
+            r = join_after_merge(opened, row.id, team, data, cfg, cast(JoinPolicy, policy),
                                  take, model=model)
         score = "  ".join(f"{k}={v:.4f}" for k, v in r.metrics.items() if k != "examples")
         typer.echo(f"team {team} owns {100 * r.owned_share:.1f}% of the elements (ownership "

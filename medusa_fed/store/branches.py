@@ -137,7 +137,8 @@ class Store:
             )
         obj_id = object_id(kind, content)
         full = {**dict(content), **dict(meta or {}), "blobs": blobs}
-        edges, pos = [], {}
+        edges: list[Edge] = []
+        pos: dict[str, int] = {}
         for parent, role in parents:
             pos[role] = pos.get(role, -1) + 1
             edges.append(Edge(obj_id, parent, role, pos[role]))

@@ -31,6 +31,11 @@ def layer_of(name: str) -> str:
     return parts[0]
 
 
+def layer_key(layer: str) -> tuple[tuple[int, int | str], ...]:
+    """Natural sort key: ``encoder.layer.2`` before ``encoder.layer.10``."""
+    return tuple((0, int(p)) if p.isdigit() else (1, p) for p in layer.split("."))
+
+
 def ownership_of(store: Store, row: ObjectRow) -> OwnershipMap:
     """Load an ownership object's map (hash-checked blob)."""
     sha = row.meta["blobs"]["map"]
@@ -46,7 +51,7 @@ def ownership_table(ownership: OwnershipMap) -> list[str]:
         c = torch.bincount(ids.reshape(-1).to(torch.int64), minlength=256)[:256]
         counts[layer_of(name)] = counts.get(layer_of(name), torch.zeros(256, dtype=torch.int64)) + c
     rows = []
-    for layer, c in counts.items():
+    for layer, c in sorted(counts.items(), key=lambda kv: layer_key(kv[0])):
         n = max(int(c.sum()), 1)
         rows.append([layer, f"{int(c.sum()):,}", *(pct(int(c[i]) / n) for i in range(len(teams))),
                      pct(int(c[NO_OWNER]) / n)])
@@ -69,7 +74,7 @@ def touched_table(deltas: Mapping[str, Mapping[str, torch.Tensor]]) -> list[str]
             layer[1 + i] += int((deltas[k][name] != 0).sum()) if name in deltas[k] else 0
         layer[-1] += int((stacked.sum(0) >= 2).sum())
     rows = [[layer, f"{v[0]:,}", *(pct(x / max(v[0], 1)) for x in v[1:-1]), f"{v[-1]:,}"]
-            for layer, v in acc.items()]
+            for layer, v in sorted(acc.items(), key=lambda kv: layer_key(kv[0]))]
     return _table(["layer", "elements", *(f"{k} changed" for k in keys), "overlap"], rows)
 
 
@@ -85,7 +90,8 @@ def show_lines(store: Store, row: ObjectRow) -> list[str]:
         layers: dict[str, int] = {}
         for name, shape in m.get("shapes", {}).items():
             layers[layer_of(name)] = layers.get(layer_of(name), 0) + _prod(shape)
-        lines += ["", *_table(["layer", "elements"], [[k, f"{v:,}"] for k, v in layers.items()])]
+        rows = [[k, f"{layers[k]:,}"] for k in sorted(layers, key=layer_key)]
+        lines += ["", *_table(["layer", "elements"], rows)]
     elif row.kind == "run":
         lines.append("config    " + json.dumps(m.get("config", {}), sort_keys=True))
         lines.append("timings   " + json.dumps(m.get("timings_s", {})))
@@ -140,7 +146,7 @@ def _merge_lines(store: Store, row: ObjectRow) -> list[str]:
     lines += ["", "changed elements per layer and conflicts (overlap):", *touched_table(deltas)]
     maps = {r.meta.get("ownership") for r in branches.values()} - {None}
     if len(maps) == 1:
-        map_id = maps.pop()
+        map_id = str(maps.pop())
         lines += ["", f"ownership share per layer (map {map_id[:8]}):",
                   *ownership_table(ownership_of(store, store.get(map_id)))]
     return lines

@@ -32,13 +32,20 @@ from pathlib import Path
 from typing import Any
 
 from medusa_fed.errors import MedusaError, StoreError
-from medusa_fed.merging import MergeSpec
 from medusa_fed.ownership import OwnershipMap
 from medusa_fed.run_config import MergeChoice, RunConfig
 from medusa_fed.store.blobs import tensors_from_bytes
 from medusa_fed.store.branches import Store
 from medusa_fed.store.manifest import now_iso
-from medusa_fed.store.objects import add_base, add_branch, add_merge, add_ownership, add_run
+from medusa_fed.store.objects import (
+    Training,
+    add_base,
+    add_branch,
+    add_merge,
+    add_ownership,
+    add_run,
+)
+from medusa_fed.store.remerge import make_spec
 from medusa_fed.store.run_dir import RunDir
 
 log = logging.getLogger(__name__)
@@ -148,9 +155,11 @@ def _import_branch(rd: RunDir, store: Store, stage: str, team: str, base_id: str
         store.blobs.put_file(rd.file_path(f"{rel}.head.safetensors"), head)
     metrics = rd.read_json(f"{rel}.metrics.json") if rd.exists(f"{rel}.metrics.json") else {}
     controlled = bool(facts.get("controlled", True))
-    training = "free" if stage == "baseline" else ("masked" if controlled else "uncontrolled")
-    data = {k: facts[k] for k in ("task", "labels", "train-size", "test-size") if k in facts}
-    return add_branch(store, team, base_id, delta, training, method, head,  # type: ignore[arg-type]
+    training: Training = ("free" if stage == "baseline"
+                          else "masked" if controlled else "uncontrolled")
+    data: dict[str, Any] = {k: facts[k] for k in ("task", "labels", "train-size", "test-size")
+                            if k in facts}
+    return add_branch(store, team, base_id, delta, training, method, head,
                       ownership_id if training == "masked" else None, data, metrics)
 
 
@@ -179,7 +188,7 @@ def _spec(choice: MergeChoice, seed: int) -> dict[str, Any]:
     """The MergeSpec fields the run used (the strategy's ``_merge_spec``), all explicit."""
     params: dict[str, Any] = {"seed": seed, **dict(choice.params)}
     params["seed"] = int(params["seed"])
-    return asdict(MergeSpec(choice.method, **params))  # type: ignore[arg-type]
+    return asdict(make_spec(choice.method, **params))
 
 
 def _merge_choices(config: RunConfig) -> list[MergeChoice]:

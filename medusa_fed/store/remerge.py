@@ -18,13 +18,13 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import yaml
 
 from medusa_fed.deltas import StateDict
 from medusa_fed.errors import ConfigError, MergeError, StoreError
-from medusa_fed.merging import MergeSpec, merge_states_with_report
+from medusa_fed.merging import MergeSpec, MethodName, merge_states_with_report
 from medusa_fed.store.branches import Store
 from medusa_fed.store.db import ObjectRow
 from medusa_fed.store.objects import add_merge
@@ -44,6 +44,12 @@ class MergeOutcome:
     new: bool
     values: StateDict
     report: dict[str, Any]
+
+
+def make_spec(method: str, **settings: float) -> MergeSpec:
+    """A MergeSpec from a method name as typed (``dare-ties`` = ``dare_ties``); ConfigError names
+    the known methods if it is not one."""
+    return MergeSpec(cast(MethodName, method.replace("-", "_")), **settings)  # type: ignore[arg-type]
 
 
 def spec_label(spec: MergeSpec) -> str:
@@ -93,7 +99,7 @@ def load_merge_config(path: Path) -> tuple[list[str], MergeSpec, str | None]:
         raise ConfigError(f"{path}: expected merge_method and at least one model/branch id, "
                           f"found method={method!r}, {len(refs)} branch(es)")
     head = raw.get("head")
-    return refs, MergeSpec(method.replace("-", "_"), **params), None if head is None else str(head)
+    return refs, make_spec(method, **params), None if head is None else str(head)
 
 
 def resolve_branches(store: Store, refs: Sequence[str]) -> list[ObjectRow]:
