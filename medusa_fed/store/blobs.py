@@ -16,6 +16,7 @@ import json
 import os
 import secrets
 import struct
+import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
@@ -33,6 +34,7 @@ except ImportError:  # pragma: no cover - not Linux
 
 HEX = frozenset("0123456789abcdef")
 FICLONE = 0x40049409  # linux/fs.h: _IOW(0x94, 9, int)
+STALE_TEMP_S = 3600.0  # a temporary blob file this old was left by a crash, not a live writer
 
 
 def tensors_bytes(
@@ -161,13 +163,19 @@ class BlobStore:
                     if not f.name.startswith(TEMP_PREFIX):
                         yield sub.name + f.name
 
-    def clean_temporaries(self) -> int:
-        """Delete temporary files a crash left behind; return how many."""
+    def clean_temporaries(self, older_than_s: float = STALE_TEMP_S) -> int:
+        """Delete temporary files a crash left behind; return how many.
+
+        Only files older than ``older_than_s``: a younger one may belong to another writer
+        that is still writing it (readers never look at temporary files either way).
+        """
         n = 0
+        cutoff = time.time() - older_than_s
         for tmp in self.root.rglob(TEMP_PREFIX + "*"):
             with contextlib.suppress(OSError):
-                tmp.unlink()
-                n += 1
+                if tmp.stat().st_mtime < cutoff:
+                    tmp.unlink()
+                    n += 1
         return n
 
 
