@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from flwr.app import ConfigRecord, Context, Message, RecordDict
+from flwr.app import ConfigRecord, ConfigRecordValues, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
@@ -80,5 +80,6 @@ def main(grid: Grid, context: Context) -> None:
 def echo(message: Message, context: Context) -> Message:
     got = arrays_from_record(message.content["arrays"])
     back = {k: np.ascontiguousarray(v[::-1]) for k, v in got.items()}
-    content = RecordDict({"config": ConfigRecord(digest(got)), "arrays": record_from_arrays(back)})
+    hashes: dict[str, ConfigRecordValues] = dict(digest(got))
+    content = RecordDict({"config": ConfigRecord(hashes), "arrays": record_from_arrays(back)})
     return Message(content, reply_to=message)
