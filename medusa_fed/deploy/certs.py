@@ -18,12 +18,9 @@ from the moment they exist. Existing outputs are an error unless ``force`` is se
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import ipaddress
-import os
 import re
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +31,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from medusa_fed.errors import ConfigError
-from medusa_fed.store.atomic import TEMP_PREFIX, fsync_dir
+from medusa_fed.store.atomic import atomic_write
 
 DEFAULT_HOSTS = ("localhost", "127.0.0.1")  # the SuperLink listens on loopback by default
 PRIVATE_MODE = 0o600
@@ -231,18 +228,4 @@ def _refuse_existing(paths: Sequence[Path], force: bool) -> None:
 
 def _write(path: Path, data: bytes, mode: int) -> None:
     """Atomically write ``data`` to ``path`` with ``mode``, set before any byte is written."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=TEMP_PREFIX + path.name + ".", dir=path.parent)
-    tmp = Path(tmp_name)
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    fsync_dir(path.parent)
+    atomic_write(path, data, mode=mode)

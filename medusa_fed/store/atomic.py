@@ -42,7 +42,7 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: Path, data: bytes) -> None:
+def atomic_write(path: Path, data: bytes, mode: int | None = None) -> None:
     """Replace ``path`` with ``data`` atomically (temp file, fsync, ``os.replace``, fsync dir).
 
     Parameters
@@ -51,11 +51,16 @@ def atomic_write(path: Path, data: bytes) -> None:
         The target; its parent directory is created if missing.
     data : bytes
         The complete new content.
+    mode : int | None (default: None)
+        File permissions, set before any byte is written (0o600 for private keys); None keeps
+        the temporary file's default (0o600 from ``mkstemp``).
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=TEMP_PREFIX + path.name + ".", dir=path.parent)
     tmp = Path(tmp_name)
     try:
+        if mode is not None:
+            os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
