@@ -184,43 +184,43 @@ class TeamSite:
         base = base_for(spec_from_settings(settings))
         data = self.data(settings)
         cfg = self.train_config(settings)
-        if head is None:
-            head = self.kept_head(branch)  # a later round continues the team's own head
         result = finetune(
             base, data, cfg, mask=mask, start=start, head=head, desc=f"{branch} {self.team.name}"
         )
         metrics = {f"train_{k}": float(v) for k, v in result.metrics.items()}
         begin = dict(start) if start is not None else base.shared_state()
         tuned = {n: begin[n] + d for n, d in result.delta.items()}
-        labels = num_labels_of(base, data)
-        alone = evaluate(
-            base,
-            tuned,
-            result.head or None,
-            data.test,
-            num_labels=labels,
-            batch_size=32,
-            max_length=cfg.max_length,
-            desc=f"alone {self.team.name}",
-        )
+        alone = self._test(base, data, tuned, result.head, cfg, f"alone {self.team.name}")
         metrics |= {f"alone_{k}": float(v) for k, v in alone.items()}
         if bool(settings.get("eval-before", False)) and self.kept_head("floor") is None:
             floor = finetune(base, data, cfg, head_only=True, desc=f"floor {self.team.name}")
             self._keep_head("floor", floor.head)
-            before = evaluate(
-                base,
-                None,
-                floor.head or None,
-                data.test,
-                num_labels=labels,
-                batch_size=32,
-                max_length=cfg.max_length,
-                desc=f"floor {self.team.name}",
-            )
+            before = self._test(base, data, None, floor.head, cfg, f"floor {self.team.name}")
             metrics |= {f"before_{k}": float(v) for k, v in before.items()}
         if result.head:
             self._keep_head(branch, result.head)
         return BranchResult(result.delta, result.head, metrics)
+
+    @staticmethod
+    def _test(
+        base: BaseModel,
+        data: TaskData,
+        shared: StateDict | None,
+        head: StateDict,
+        cfg: TrainConfig,
+        desc: str,
+    ) -> dict[str, float]:
+        """Metrics of base + ``shared`` + ``head`` on the team's test split."""
+        return evaluate(
+            base,
+            shared,
+            head or None,
+            data.test,
+            num_labels=num_labels_of(base, data),
+            batch_size=32,
+            max_length=cfg.max_length,
+            desc=desc,
+        )
 
     def evaluate_merged(
         self,
