@@ -18,7 +18,7 @@ from flwr.clientapp import ClientApp
 from medusa_fed import codec
 from medusa_fed.codec.records import arrays_from_record, record_from_arrays
 from medusa_fed.errors import MedusaError
-from medusa_fed.protocol import ARRAYS_KEY, CONFIG_KEY, HEAD_KEY, METRICS_KEY
+from medusa_fed.protocol import ARRAYS_KEY, CONFIG_KEY, HEAD_KEY, METRICS_KEY, START_KEY
 
 from .team_site import TeamSite, site_for
 
@@ -87,7 +87,17 @@ def make_client_app(site_factory: Callable[[Context], TeamSite] = site_for) -> C
             mask = codec.decode_mask(
                 arrays_from_record(message.content[ARRAYS_KEY]), site.shapes_for(settings)
             )
-        result = site.finetune(settings, mask, branch="train")
+        start = None
+        if START_KEY in message.content:  # round r > 1 of a multi-round run
+            start = codec.decode_dense(
+                arrays_from_record(message.content[START_KEY]), site.shapes_for(settings)
+            )
+        sent_head = None
+        if HEAD_KEY in message.content:
+            sent_head = codec.decode_dense(arrays_from_record(message.content[HEAD_KEY]), None)
+        branch = str(settings.get("branch", "train"))
+        head = site.round_head(settings, sent_head)
+        result = site.finetune(settings, mask, branch=branch, start=start, head=head)
         if mask is not None:
             payload = codec.encode_owned_values(result.delta, mask)
         else:

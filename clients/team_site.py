@@ -128,6 +128,27 @@ class TeamSite:
             return None
         return decode_dense(arrays_from_record(self.state[key]), None)  # type: ignore[arg-type]
 
+    def round_head(
+        self, settings: Mapping[str, Any], sent: StateDict | None = None
+    ) -> StateDict | None:
+        """The head a multi-round TRAIN continues (``settings['head-from']`` names the previous
+        round's branch): the one this site kept, else the copy the coordinator sent; None in
+        round 1 (a fresh head). A site that holds neither cannot continue its branch."""
+        previous = str(settings.get("head-from", ""))
+        if not previous:
+            return None
+        head = self.kept_head(previous)
+        if head is None:
+            head = sent
+        family = settings.get("model-family", "encoder-classifier")
+        if head is None and family == "encoder-classifier":
+            raise MedusaError(
+                f"team {self.team.name!r}: round {settings.get('round')} continues the head of "
+                f"{previous!r}, which this site no longer holds (restarted?) and the coordinator "
+                "did not send (the team does not share its head: share-head = false)"
+            )
+        return head
+
     def sender(self, settings: Mapping[str, Any]) -> dict[str, str]:
         """Who made a payload: the team and the fingerprint of the base it started from."""
         return {

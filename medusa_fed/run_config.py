@@ -78,7 +78,10 @@ class RunConfig:
     unselected: Unselected = "random"  # elements no probe selected: random owner, or stay at base
     merge: MergeChoice = MergeChoice("medusa")  # the run's main merge
     compare: tuple[MergeChoice, ...] = ()  # post-hoc baselines merged from unmasked branches too
-    epochs: float = 2.0  # masked fine-tuning budget per team
+    epochs: float = 2.0  # masked fine-tuning budget per team (all rounds together)
+    # multi-round Medusa: the budget is split into `rounds` rounds; after each round but the last
+    # the coordinator merges and every team continues from the merge (its own elements, its head)
+    rounds: int = 1
     max_steps: int = 0  # > 0 caps fine-tuning steps (overrides epochs)
     lr: float = 0.0  # 0 = the method's default learning rate
     batch_size: int = 16
@@ -108,18 +111,33 @@ class RunConfig:
         for name in ("probe_epochs", "epochs"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name.replace('_', '-')} must be > 0, found {getattr(self, name)}")
-        for name in ("batch_size", "max_length", "max_train", "max_eval", "min_teams"):
+        for name in ("batch_size", "max_length", "max_train", "max_eval", "min_teams", "rounds"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name.replace('_', '-')} must be >= 1, found {getattr(self, name)}")
         if self.stage_timeout_s <= 0:
             raise ConfigError(f"stage-timeout-s must be > 0, found {self.stage_timeout_s}")
         if self.lr < 0:
             raise ConfigError(f"lr must be >= 0 (0 = method default), found {self.lr}")
+        if self.merge.method != "medusa" and self.rounds > 1:
+            raise ConfigError(
+                f"rounds = {self.rounds} needs merge = medusa (rounds continue masked training "
+                f"from the merge); found merge = {self.merge.label!r}"
+            )
         if self.merge.method != "medusa" and self.compare:
             raise ConfigError(
                 f"merge = {self.merge.label!r} already runs without ownership; 'compare' is only "
                 "for comparing post-hoc baselines against merge = medusa"
             )
+
+    @property
+    def round_epochs(self) -> float:
+        """The fine-tuning epochs of one round (the budget is split evenly)."""
+        return self.epochs / self.rounds
+
+    @property
+    def round_max_steps(self) -> int:
+        """The step cap of one round (0 = none); a cap smaller than the rounds is 1 per round."""
+        return -(-self.max_steps // self.rounds) if self.max_steps else 0
 
     @property
     def uses_ownership(self) -> bool:

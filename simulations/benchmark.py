@@ -312,16 +312,18 @@ class Bench:
             unselected=v.unselected,  # type: ignore[arg-type]
             seed=seed,
         )
-        start = self.base_state
         heads: dict[str, StateDict | None] = {t: None for t in teams}
-        deltas: dict[str, StateDict] = {}
+        total: dict[str, StateDict] = {}  # each team's summed round deltas (as the coordinator)
         per_round = self.cfg.epochs / v.rounds
         for r in range(v.rounds):
             self.say(f"{setting} seed {seed}: {v.name} round {r + 1}/{v.rounds}")
-            deltas = {}
+            start = None
+            if r > 0:
+                spec = MergeSpec("medusa", seed=seed)
+                start = merge_states(self.base_state, total, spec, uncontrolled=uncontrolled)
             for t in teams:
                 if t in uncontrolled and v.rounds == 1:
-                    deltas[t], heads[t] = self.free(t, seed)
+                    total[t], heads[t] = self.free(t, seed)
                     continue
                 mask = None if t in uncontrolled else ownership.mask(t)
                 res = finetune(
@@ -333,15 +335,14 @@ class Bench:
                     head=heads[t],
                     desc=f"{v.name} {t} r{r + 1}",
                 )
-                deltas[t], heads[t] = res.delta, res.head
-            if r < v.rounds - 1:
-                start = merge_states(start, deltas, MergeSpec("medusa"), uncontrolled=uncontrolled)
+                prev = total.get(t)
+                total[t] = res.delta if prev is None else {n: prev[n] + res.delta[n] for n in prev}
+                heads[t] = res.head
         final_heads = {t: h for t, h in heads.items() if h is not None}
-        begin = start
 
         def make(scale: float) -> Callable[[], StateDict]:
-            spec = MergeSpec("medusa", scale=scale)
-            return lambda: merge_states(begin, deltas, spec, uncontrolled=uncontrolled)
+            spec = MergeSpec("medusa", scale=scale, seed=seed)
+            return lambda: merge_states(self.base_state, total, spec, uncontrolled=uncontrolled)
 
         cell = self.choose(
             setting, seed, v.name, [({"scale": s}, make(s)) for s in v.scales], final_heads

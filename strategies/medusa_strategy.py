@@ -26,7 +26,7 @@ from medusa_fed.codec.layout import Payload
 from medusa_fed.codec.records import arrays_from_record, record_from_arrays
 from medusa_fed.deltas import SparseDelta, StateDict
 from medusa_fed.errors import ConfigError, MedusaError, PayloadError
-from medusa_fed.merging import MergeSpec, merge_states_with_report
+from medusa_fed.merging import MergeSpec, merge_states, merge_states_with_report
 from medusa_fed.ownership import OwnershipMap, assign_ownership
 from medusa_fed.protocol import (
     ARRAYS_KEY,
@@ -39,6 +39,7 @@ from medusa_fed.protocol import (
     MSG_PROBE,
     MSG_TRAIN,
     PROTOCOL_VERSION,
+    START_KEY,
 )
 from medusa_fed.report import write_report
 from medusa_fed.run_config import MergeChoice, RunConfig
@@ -275,33 +276,103 @@ class MedusaStrategy:
     # ------------------------------------------------------------------ 3 TRAIN
     def train(self, grid: Grid) -> None:
         """Masked fine-tuning: each controlled team gets its own mask and returns owned values;
-        an uncontrolled team trains freely and returns its full delta."""
+        an uncontrolled team trains freely and returns its full delta.
+
+        With ``rounds = R > 1`` the budget is split into R rounds. Round r > 1 starts every team
+        from the Medusa merge of everything trained so far, with the head it ended round r - 1
+        with; ownership is kept. Each round's replies are stored in ``train-round<r>/``; a team's
+        branch in ``train/`` is then the sum of its round deltas (its total change from the base),
+        so the final merge is the same function of ``train/`` as in a one-round run.
+        """
         assert self.ownership is not None  # set by assign()
-        teams = self._usable("train")
-        todo = [t for t in teams if not self._stored(t, "train", f"train/{t}.safetensors")]
+        rounds = self.config.rounds
+        if rounds == 1:
+            self._train_round(grid, "train", 1, None, {})
+            self._load_branches("train", self.masked)
+            return
+        total: dict[str, StateDict] = {}
+        metrics: dict[str, dict[str, float]] = {}
+        last = Branches()
+        for r in range(1, rounds + 1):
+            stage = f"train-round{r}"
+            start = None if r == 1 else self._round_start(total)
+            self._train_round(grid, stage, r, start, last.heads)
+            last = Branches()
+            self._load_branches(stage, last)
+            for team, delta in last.deltas.items():
+                prev = total.get(team)
+                total[team] = delta if prev is None else {n: prev[n] + delta[n] for n in delta}
+                metrics[team] = metrics.get(team, {}) | last.metrics[team]
+            log.info("train: round %d/%d done (%d teams)", r, rounds, len(last.deltas))
+        for team in self._usable("train"):
+            if team not in last.deltas:
+                continue
+            self.run_dir.write_tensors(f"train/{team}.safetensors", total[team])
+            if last.heads.get(team):
+                self.run_dir.write_tensors(f"train/{team}.head.safetensors", last.heads[team])
+            self.run_dir.write_json(f"train/{team}.metrics.json", metrics[team])
+        self._load_branches("train", self.masked)
+
+    def _round_start(self, total: dict[str, StateDict]) -> StateDict:
+        """Shared weights the next round starts from: the plain Medusa merge (scale 1) of every
+        active team's total delta so far."""
+        deltas = {t: d for t, d in total.items() if t in self.roster.active}
+        uncontrolled = [t for t in deltas if not self.roster.controlled(t)]
+        spec = MergeSpec("medusa", seed=self.config.seed)
+        return merge_states(self.base_state, deltas, spec, uncontrolled=uncontrolled)
+
+    def _train_round(
+        self,
+        grid: Grid,
+        stage: str,
+        r: int,
+        start: StateDict | None,
+        heads: dict[str, StateDict],
+    ) -> None:
+        """One round of TRAIN: ask every team without a stored reply, store what comes back."""
+        assert self.ownership is not None
+        cfg = self.config
+        teams = self._usable(stage)
+        todo = [t for t in teams if not self._stored(t, stage, f"{stage}/{t}.safetensors")]
         masks = {t: self.ownership.mask(t) for t in teams if self.roster.controlled(t)}
+        start_arrays = codec.encode_dense(start) if start is not None else None
+        branch = "train" if r == cfg.rounds else f"train-round{r}"
+        settings = self._train_settings() | {
+            "epochs": cfg.round_epochs,
+            "max-steps": cfg.round_max_steps,
+            "round": r,
+            "rounds": cfg.rounds,
+            "branch": branch,
+            "head-from": f"train-round{r - 1}" if r > 1 else "",
+        }
 
         def build(team: str):  # type: ignore[no-untyped-def]
-            settings = self._train_settings() | {"controlled": team in masks}
+            records = {}
+            sent = 0
             if team in masks:
                 mask_arrays = codec.encode_mask(masks[team])
-                self._count(team, "train", sent=codec.payload_nbytes(mask_arrays), received=0)
-                return request(settings, **{ARRAYS_KEY: record_from_arrays(mask_arrays)})
-            return request(settings)
+                records[ARRAYS_KEY] = record_from_arrays(mask_arrays)
+                sent += codec.payload_nbytes(mask_arrays)
+            if start_arrays is not None:
+                records[START_KEY] = record_from_arrays(start_arrays)
+                sent += codec.payload_nbytes(start_arrays)
+            if heads.get(team):
+                records[HEAD_KEY] = record_from_arrays(codec.encode_dense(heads[team]))
+            self._count(team, stage, sent=sent, received=0)
+            return request(settings | {"controlled": team in masks}, **records)
 
         replies = exchange(
             grid,
             self.roster,
-            "train",
+            stage,
             MSG_TRAIN,
             build,
-            self.config.stage_timeout_s,
+            cfg.stage_timeout_s,
             teams=todo,
             on_rejection=self._reject,
         )
         for team, reply in replies.items():
-            self._store_branch(team, "train", reply, masks.get(team))
-        self._load_branches("train", self.masked)
+            self._store_branch(team, stage, reply, masks.get(team))
 
     def train_free(self, grid: Grid) -> None:
         """Unmasked fine-tuning for the post-hoc baselines (same budget as TRAIN)."""

@@ -19,7 +19,15 @@ from medusa_fed import codec
 from medusa_fed.codec.records import arrays_from_record
 from medusa_fed.errors import ConfigError
 from medusa_fed.ownership import OwnershipMap
-from medusa_fed.protocol import ARRAYS_KEY, MSG_EVAL, MSG_FREE, MSG_PROBE, MSG_TRAIN
+from medusa_fed.protocol import (
+    ARRAYS_KEY,
+    HEAD_KEY,
+    MSG_EVAL,
+    MSG_FREE,
+    MSG_PROBE,
+    MSG_TRAIN,
+    START_KEY,
+)
 from medusa_fed.store.run_dir import RunDir
 from medusa_fed.training import load_base
 
@@ -187,3 +195,84 @@ def test_probe_uses_the_probe_budget_not_the_training_budget(tiny_bert, tiny_tas
     assert settings["epochs"] == 0.5 and settings["density"] == 0.1
     (train,) = [m for m in _sent(grid, MSG_TRAIN) if m.metadata.dst_node_id == 1]
     assert dict(train.content["config"])["epochs"] == 3.0
+
+
+def test_two_rounds_continue_from_the_merge_with_the_same_masks(tiny_bert, tiny_tasks, tmp_path):
+    # Prepare
+    grid = _grid(tiny_tasks)
+    # Execute: the same two epochs, split into two rounds
+    report, strategy = _run(tiny_bert, tmp_path / "run", grid, epochs=2, rounds=2)
+    # Assert: every team trained twice, one epoch each, round 2 from the round-1 merge
+    run = RunDir(tmp_path / "run", readonly=True)
+    sent = _sent(grid, MSG_TRAIN)
+    assert len(sent) == 6
+    by_round: dict[int, dict[str, object]] = {1: {}, 2: {}}
+    for m in sent:
+        settings = dict(m.content["config"])
+        assert settings["epochs"] == 1.0
+        by_round[int(settings["round"])][strategy.roster.team_of(m.metadata.dst_node_id)] = m
+    assert all(START_KEY not in m.content for m in by_round[1].values())
+    base = strategy.base.shared_state()
+    rounds = {
+        r: {t: run.read_tensors(f"train-round{r}/{t}.safetensors")[0] for t in tiny_tasks}
+        for r in (1, 2)
+    }
+    ownership = OwnershipMap.load(run.file_path("ownership.safetensors"))
+    for team, message in by_round[2].items():
+        start = codec.decode_dense(arrays_from_record(message.content[START_KEY]), strategy.shapes)
+        for name, b in base.items():
+            expected = b.clone()
+            for t in sorted(tiny_tasks):
+                expected += rounds[1][t][name]
+            assert torch.equal(start[name], expected), (team, name)
+        # the team continued its own round-1 head
+        sent_head = codec.decode_dense(arrays_from_record(message.content[HEAD_KEY]), None)
+        kept_head, _ = run.read_tensors(f"train-round1/{team}.head.safetensors")
+        assert all(torch.equal(sent_head[n], kept_head[n]) for n in kept_head)
+    # a team's branch is its summed round deltas; each round stayed inside its mask
+    merged, _ = run.read_tensors("merged/medusa/shared.safetensors")
+    for team in tiny_tasks:
+        total, _ = run.read_tensors(f"train/{team}.safetensors")
+        mask = ownership.mask(team)
+        for name in base:
+            for r in (1, 2):
+                assert torch.count_nonzero(rounds[r][team][name][~mask[name]]) == 0
+            assert torch.equal(total[name], rounds[1][team][name] + rounds[2][team][name])
+    for name, b in base.items():
+        expected = b.clone()
+        for t in sorted(tiny_tasks):
+            expected += run.read_tensors(f"train/{t}.safetensors")[0][name]
+        assert torch.equal(merged[name], expected), name
+    assert all(t["status"] == "ok" for t in report["teams"])
+    assert all("before" in t["metrics"] for t in report["teams"])  # floor kept from round 1
+    # a restart asks nothing again and reproduces the result
+    again = _grid(tiny_tasks)
+    second, _ = _run(tiny_bert, tmp_path / "run", again, epochs=2, rounds=2)
+    assert _sent(again, MSG_TRAIN) == []
+    assert [t["metrics"]["merged"] for t in second["teams"]] == [
+        t["metrics"]["merged"] for t in report["teams"]
+    ]
+
+
+def test_rounds_with_an_uncontrolled_team(tiny_bert, tiny_tasks, tmp_path):
+    grid = _grid(tiny_tasks, uncontrolled=("gamma",))
+    report, strategy = _run(tiny_bert, tmp_path / "run", grid, epochs=2, rounds=2)
+    gamma = [
+        m for m in _sent(grid, MSG_TRAIN) if strategy.roster.team_of(m.metadata.dst_node_id) == "gamma"
+    ]
+    assert len(gamma) == 2 and all(ARRAYS_KEY not in m.content for m in gamma)
+    assert START_KEY in gamma[1].content
+    assert all(t["status"] == "ok" for t in report["teams"])
+    assert strategy.merge_stats["medusa"]["totals"]["sign_elected"] > 0
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"rounds": 0}, "rounds must be >= 1"),
+        ({"rounds": 2, "merge": "ties"}, "rounds = 2 needs merge = medusa"),
+    ],
+)
+def test_bad_rounds_are_config_errors(tiny_bert, tmp_path, overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        _config(tiny_bert, tmp_path / "run", **overrides)

@@ -53,7 +53,10 @@ def simulate(
     ] = "random",
     probe_density: Annotated[float, Option(help="Top-d fraction of each probe delta.")] = 0.2,
     probe_epochs: Annotated[float, Option(help="Probe budget in epochs.")] = 1.0,
-    epochs: Annotated[float, Option(help="Fine-tuning epochs per team.")] = 2.0,
+    epochs: Annotated[float, Option(help="Fine-tuning epochs per team (all rounds).")] = 2.0,
+    rounds: Annotated[
+        int, Option(help="Merge and continue from the merge this many times (same epochs).")
+    ] = 1,
     lr: Annotated[float, Option(help="Learning rate (0 = 5e-5 full, 1e-3 LoRA/IA3).")] = 0.0,
     batch_size: Annotated[int, Option(help="Examples per step.")] = 16,
     max_length: Annotated[int, Option(help="Tokens per example.")] = 64,
@@ -83,6 +86,7 @@ def simulate(
                 "probe-density": probe_density,
                 "probe-epochs": probe_epochs,
                 "epochs": epochs,
+                "rounds": rounds,
                 "lr": lr,
                 "batch-size": batch_size,
                 "max-length": max_length,
