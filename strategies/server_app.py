@@ -54,8 +54,9 @@ def _log_stages() -> None:
     if logging.getLogger().handlers or medusa.handlers:
         return  # the CLI or a test harness already logs
     handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s",
-                                           datefmt="%H:%M:%S"))
+    handler.setFormatter(
+        logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    )
     medusa.addHandler(handler)
     medusa.setLevel(logging.INFO)
 

@@ -258,7 +258,9 @@ def test_rounds_with_an_uncontrolled_team(tiny_bert, tiny_tasks, tmp_path):
     grid = _grid(tiny_tasks, uncontrolled=("gamma",))
     report, strategy = _run(tiny_bert, tmp_path / "run", grid, epochs=2, rounds=2)
     gamma = [
-        m for m in _sent(grid, MSG_TRAIN) if strategy.roster.team_of(m.metadata.dst_node_id) == "gamma"
+        m
+        for m in _sent(grid, MSG_TRAIN)
+        if strategy.roster.team_of(m.metadata.dst_node_id) == "gamma"
     ]
     assert len(gamma) == 2 and all(ARRAYS_KEY not in m.content for m in gamma)
     assert START_KEY in gamma[1].content

@@ -3,6 +3,7 @@
 from medusa_fed.cli.app import app
 
 # Each module below adds its commands to ``app`` when imported (one line per module).
+from medusa_fed.cli import assign as _assign  # noqa: E402,F401  medusa assign
 from medusa_fed.cli import bench as _bench  # noqa: E402,F401  medusa bench
 from medusa_fed.cli import branches as _branches  # noqa: E402,F401  medusa merge/export/join
 from medusa_fed.cli import certs as _certs  # noqa: E402,F401  medusa certs
