@@ -111,6 +111,8 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(child(Path(root), mode, int(k))))
         return
     rows = []
+    if args.scratch is not None:
+        args.scratch.mkdir(parents=True, exist_ok=True)
     for elements in args.elements:
         root = Path(tempfile.mkdtemp(prefix="medusa-bench-merge-", dir=args.scratch))
         try:

@@ -18,7 +18,9 @@ def build_report(strategy: MedusaStrategy) -> dict[str, Any]:
     """The report of ``strategy``'s run so far (validated later by ``write_report``).
 
     ``alone`` is the team's own branch before any merge: its unmasked fine-tune when post-hoc
-    baselines were run (the ceiling a merge is measured against), its masked one otherwise.
+    baselines were run (the ceiling a merge is measured against), its masked one otherwise (in a
+    multi-round run: the merge of the earlier rounds plus its own last round, before the final
+    merge).
     ``before`` is the base encoder with a head trained alone (the floor).
     """
     s = strategy
