@@ -71,6 +71,7 @@ class MedusaVariant:
     rounds: int = 1  # merge -> continue masked training from the merge, R times (same budget)
     scales: tuple[float, ...] = (1.0,)  # lambda grid for base + lambda * sum of owned deltas
     uncontrolled_last: bool = False  # the setting's last team trains freely (uncontrolled)
+    refit_epochs: float = 0.0  # > 0: each team re-fits its own head on the final merged encoder
 
 
 @dataclass
@@ -208,8 +209,13 @@ class Bench:
         method: str,
         candidates: Sequence[tuple[dict[str, Any], Callable[[], StateDict]]],
         heads: Mapping[str, StateDict],
+        refit_epochs: float = 0.0,
     ) -> Cell:
-        """Score each candidate merge on validation; test the best one."""
+        """Score each candidate merge on validation; test the best one.
+
+        With ``refit_epochs`` > 0 each team then re-fits its own head on the chosen merged
+        encoder (head only, encoder frozen; its training split only) before validation and test
+        are scored again."""
         started = time.monotonic()
         best: tuple[float, dict[str, Any], StateDict] | None = None
         for params, make in candidates:
@@ -219,17 +225,40 @@ class Bench:
             if best is None or val > best[0]:
                 best = (val, params, merged)
         assert best is not None
-        test = self.score(best[2], heads, seed, "test")
+        val, params, merged = best
+        if refit_epochs > 0:
+            heads = self.refit(merged, heads, seed, refit_epochs)
+            val = statistics.fmean(self.score(merged, heads, seed, "validation").values())
+            params = {**params, "refit_epochs": refit_epochs}
+        test = self.score(merged, heads, seed, "test")
         return Cell(
             setting,
             seed,
             method,
-            best[1],
-            best[0],
+            params,
+            val,
             test,
             round(time.monotonic() - started, 1),
             len(candidates),
         )
+
+    def refit(
+        self, merged: StateDict, heads: Mapping[str, StateDict], seed: int, epochs: float
+    ) -> dict[str, StateDict]:
+        """Each team's head trained further on the frozen merged encoder (its own data)."""
+        out = {}
+        for team, head in heads.items():
+            res = finetune(
+                self.base,
+                self.data(team, seed),
+                self.train_cfg(seed, epochs),
+                start=merged,
+                head=head,
+                head_only=True,
+                desc=f"refit {label(team)}",
+            )
+            out[team] = res.head
+        return out
 
     # ------------------------------------------------------------- cells
     def reference_cells(self, teams: Sequence[str], setting: str, seed: int) -> list[Cell]:
@@ -299,6 +328,31 @@ class Bench:
             cells.append(self.choose(setting, seed, method, [(p, make(p)) for p in grid], heads))
         return cells
 
+    def refit_baseline_cell(
+        self,
+        teams: Sequence[str],
+        setting: str,
+        seed: int,
+        baselines: Sequence[Cell],
+        epochs: float,
+    ) -> Cell:
+        """The best post-hoc baseline (by validation) with the same head re-fit as Medusa's
+        refit variants get, so a refit gain is not credited to ownership."""
+        best = max(baselines, key=lambda c: c.validation)
+        deltas = {t: self.free(t, seed)[0] for t in teams}
+        heads = {t: self.free(t, seed)[1] for t in teams}
+        spec = MergeSpec(best.method, **{**best.params, "seed": seed})  # type: ignore[arg-type]
+        self.say(f"{setting} seed {seed}: {best.method} {best.params} + head refit")
+        cell = self.choose(
+            setting,
+            seed,
+            f"{best.method}+refit",
+            [(dict(best.params), lambda: merge_states(self.base_state, deltas, spec))],
+            heads,
+            refit_epochs=epochs,
+        )
+        return cell
+
     def medusa_cell(self, teams: Sequence[str], setting: str, seed: int, v: MedusaVariant) -> Cell:
         started = time.monotonic()
         uncontrolled = [teams[-1]] if v.uncontrolled_last else []
@@ -345,7 +399,12 @@ class Bench:
             return lambda: merge_states(self.base_state, total, spec, uncontrolled=uncontrolled)
 
         cell = self.choose(
-            setting, seed, v.name, [({"scale": s}, make(s)) for s in v.scales], final_heads
+            setting,
+            seed,
+            v.name,
+            [({"scale": s}, make(s)) for s in v.scales],
+            final_heads,
+            refit_epochs=v.refit_epochs,
         )
         cell.params = {**asdict(v), **cell.params}
         cell.params.pop("name", None)
@@ -357,7 +416,11 @@ class Bench:
         for seed, teams in itertools.product(self.cfg.seeds, self.cfg.settings):
             setting = "+".join(label(t) for t in teams)
             cells += self.reference_cells(teams, setting, seed)
-            cells += self.baseline_cells(teams, setting, seed)
+            baselines = self.baseline_cells(teams, setting, seed)
+            cells += baselines
+            refits = sorted({v.refit_epochs for v in self.cfg.variants if v.refit_epochs > 0})
+            for epochs in refits:
+                cells.append(self.refit_baseline_cell(teams, setting, seed, baselines, epochs))
             for v in self.cfg.variants:
                 cell = self.medusa_cell(teams, setting, seed, v)
                 cell.method = f"medusa:{v.name}"

@@ -10,7 +10,11 @@ The paper's recipe is ``proportional``; the others change one thing each:
 - ``scaled``: base + lambda * sum of owned deltas, lambda chosen on validation;
 - ``rounds2`` / ``rounds4``: the same total epochs split into R rounds; after each round the
   coordinator merges and every team continues masked training of its own elements from the merge
-  (and its own head), so it adapts to the others' changes.
+  (and its own head), so it adapts to the others' changes;
+- ``refit`` / ``rounds2-refit`` / ``rounds4-refit``: after the final merge each team re-fits its
+  own head (encoder frozen) on the merged encoder for one epoch; the benchmark then also reports
+  the best post-hoc baseline with the same head re-fit (``<method>+refit``), so the comparison
+  stays fair.
 """
 
 from __future__ import annotations
@@ -31,6 +35,9 @@ VARIANTS: dict[str, MedusaVariant] = {
         MedusaVariant("scaled", scales=SCALES),
         MedusaVariant("rounds2", rounds=2),
         MedusaVariant("rounds4", rounds=4),
+        MedusaVariant("refit", refit_epochs=1.0),
+        MedusaVariant("rounds2-refit", rounds=2, refit_epochs=1.0),
+        MedusaVariant("rounds4-refit", rounds=4, refit_epochs=1.0),
     )
 }
 

@@ -36,11 +36,20 @@ def test_benchmark_runs_every_method_and_writes_tables(tiny_bert, tiny_tasks, tm
             VARIANTS["rounds2"],
             VARIANTS["frozen"],
             VARIANTS["scaled"],
+            VARIANTS["rounds2-refit"],
         ),
     )
     messages: list[str] = []
     cells = Bench(cfg, progress=messages.append).run()
     methods = {c.method for c in cells}
+    # the refit variant brings the best baseline with the same head re-fit
+    for setting in {c.setting for c in cells}:
+        refit = [c.method for c in cells if c.setting == setting and c.method.endswith("+refit")]
+        assert len(refit) == 1 and refit[0].split("+")[0] in cfg.grid, refit
+    for c in cells:
+        if c.method.endswith("refit"):
+            assert c.params["refit_epochs"] == 1.0
+    methods = {m for m in methods if not m.endswith("+refit")}
     assert methods == {
         "alone",
         "floor (head only)",
@@ -53,8 +62,9 @@ def test_benchmark_runs_every_method_and_writes_tables(tiny_bert, tiny_tasks, tm
         "medusa:rounds2",
         "medusa:frozen",
         "medusa:scaled",
+        "medusa:rounds2-refit",
     }
-    assert len(cells) == 2 * len(methods)
+    assert len(cells) == 2 * (len(methods) + 1)  # + one baseline re-fit per setting
     for c in cells:
         assert set(c.test) <= {"alpha", "beta", "gamma"} and len(c.test) in (2, 3)
         assert all(0.0 <= v <= 1.0 for v in c.test.values())
