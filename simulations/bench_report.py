@@ -109,7 +109,11 @@ def markdown(cells: Sequence[Cell], cfg: BenchConfig, wall_s: float) -> str:
             f"- {v.name}: policy={v.policy}, unselected={v.unselected}, probe d="
             f"{v.density:g}, rounds={v.rounds}, scale in {list(v.scales)}"
             + (", last team uncontrolled" if v.uncontrolled_last else "")
-            + (f", head re-fit {v.refit_epochs:g} epoch(s)" if v.refit_epochs else "")
+            + (
+                f", head re-fit {v.refit_epochs:g} epoch(s), lr {cfg.refit_lr:g}"
+                if v.refit_epochs
+                else ""
+            )
         )
     return "\n".join(lines) + "\n"
 

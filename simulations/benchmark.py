@@ -20,7 +20,7 @@ import logging
 import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +95,7 @@ class BenchConfig:
     batch_size: int = 16
     max_length: int = 64
     floor: bool = True
+    refit_lr: float = 1e-3  # head re-fit: a lone head on a frozen encoder takes a larger step
     grid: dict[str, list[dict[str, float]]] = field(default_factory=lambda: dict(QUICK_GRID))
     variants: tuple[MedusaVariant, ...] = (
         MedusaVariant("proportional"),
@@ -251,7 +252,7 @@ class Bench:
             res = finetune(
                 self.base,
                 self.data(team, seed),
-                self.train_cfg(seed, epochs),
+                replace(self.train_cfg(seed, epochs), lr=self.cfg.refit_lr),
                 start=merged,
                 head=head,
                 head_only=True,
