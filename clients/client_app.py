@@ -121,8 +121,11 @@ def make_client_app(site_factory: Callable[[Context], TeamSite] = site_for) -> C
         head = None
         if HEAD_KEY in message.content:
             head = codec.decode_dense(arrays_from_record(message.content[HEAD_KEY]), None)
-        metrics = site.evaluate_merged(settings, shared, head)
-        return RecordDict({METRICS_KEY: metric_record(metrics)})
+        metrics, refit = site.evaluate_merged(settings, shared, head)
+        content = RecordDict({METRICS_KEY: metric_record(metrics)})
+        if refit and site.team.share_head:  # a re-fitted head, for the exported team model
+            content[HEAD_KEY] = record_from_arrays(codec.encode_dense(refit))
+        return content
 
     return app
 

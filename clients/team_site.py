@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -248,8 +248,12 @@ class TeamSite:
         settings: Mapping[str, Any],
         shared: Mapping[str, torch.Tensor],
         head: Mapping[str, torch.Tensor] | None = None,
-    ) -> dict[str, float]:
-        """Score merged shared weights with the head this team trained in ``settings['branch']``."""
+    ) -> tuple[dict[str, float], StateDict | None]:
+        """Score merged shared weights with the head this team trained in ``settings['branch']``.
+
+        With ``refit-epochs`` > 0 the head is first trained further on the frozen merged encoder
+        (the team's training split, ``refit-lr``); returns the metrics and that re-fitted head
+        (None without a re-fit)."""
         base = base_for(spec_from_settings(settings))
         data = self.data(settings)
         branch = str(settings.get("branch", "train"))
@@ -261,7 +265,27 @@ class TeamSite:
                 f"team {self.team.name!r} has no {branch} head to evaluate with: this site did "
                 "not run that stage in this process and the coordinator sent none"
             )
-        return evaluate(
+        refit = None
+        epochs = float(settings.get("refit-epochs", 0.0))
+        if epochs > 0 and labels is not None:
+            cfg = replace(
+                self.train_config(settings),
+                epochs=epochs,
+                max_steps=0,
+                lr=float(settings.get("refit-lr", 1e-3)),
+            )
+            label = settings.get("method-label", "")
+            refit = finetune(
+                base,
+                data,
+                cfg,
+                start=shared,
+                head=head,
+                head_only=True,
+                desc=f"refit {label} {self.team.name}",
+            ).head
+            head = refit
+        metrics = evaluate(
             base,
             shared,
             head,
@@ -271,6 +295,7 @@ class TeamSite:
             max_length=int(settings.get("max-length", 128)),
             desc=f"eval {settings.get('method-label', '')} {self.team.name}",
         )
+        return metrics, refit
 
 
 def show_progress() -> None:

@@ -18,7 +18,13 @@ Family = Literal["encoder-classifier", "causal-lm"]
 Policy = Literal["proportional", "argmax", "balanced"]
 Unselected = Literal["random", "frozen"]
 MERGE_METHODS = (
-    "medusa", "linear", "task_arithmetic", "ties", "dare_linear", "dare_task_arithmetic", "dare_ties"
+    "medusa",
+    "linear",
+    "task_arithmetic",
+    "ties",
+    "dare_linear",
+    "dare_task_arithmetic",
+    "dare_ties",
 )
 
 
@@ -73,7 +79,9 @@ class RunConfig:
     method: Method = "full"  # full fine-tuning, or PEFT LoRA / IA3 adapters
     probe_epochs: float = 1.0  # the paper's probe: one epoch from the base
     probe_max_steps: int = 0  # > 0 caps the probe (overrides probe_epochs)
-    probe_density: float = 0.2  # top-d fraction of each tensor's probe delta sent to the coordinator
+    probe_density: float = (
+        0.2  # top-d fraction of each tensor's probe delta sent to the coordinator
+    )
     assignment: Policy = "proportional"  # GPA owner draw (paper); argmax; balanced shares
     unselected: Unselected = "random"  # elements no probe selected: random owner, or stay at base
     merge: MergeChoice = MergeChoice("medusa")  # the run's main merge
@@ -82,6 +90,10 @@ class RunConfig:
     # multi-round Medusa: the budget is split into `rounds` rounds; after each round but the last
     # the coordinator merges and every team continues from the merge (its own elements, its head)
     rounds: int = 1
+    # > 0: in EVAL each team first re-fits its own head (encoder frozen) on each merged model for
+    # this many epochs at refit-lr, then scores; every compared method gets the same re-fit
+    refit_epochs: float = 0.0
+    refit_lr: float = 1e-3
     max_steps: int = 0  # > 0 caps fine-tuning steps (overrides epochs)
     lr: float = 0.0  # 0 = the method's default learning rate
     batch_size: int = 16
@@ -110,12 +122,21 @@ class RunConfig:
             raise ConfigError(f"probe-density must be in (0, 1], found {self.probe_density}")
         for name in ("probe_epochs", "epochs"):
             if getattr(self, name) <= 0:
-                raise ConfigError(f"{name.replace('_', '-')} must be > 0, found {getattr(self, name)}")
+                raise ConfigError(
+                    f"{name.replace('_', '-')} must be > 0, found {getattr(self, name)}"
+                )
         for name in ("batch_size", "max_length", "max_train", "max_eval", "min_teams", "rounds"):
             if getattr(self, name) < 1:
-                raise ConfigError(f"{name.replace('_', '-')} must be >= 1, found {getattr(self, name)}")
+                raise ConfigError(
+                    f"{name.replace('_', '-')} must be >= 1, found {getattr(self, name)}"
+                )
         if self.stage_timeout_s <= 0:
             raise ConfigError(f"stage-timeout-s must be > 0, found {self.stage_timeout_s}")
+        if self.refit_epochs < 0 or self.refit_lr <= 0:
+            raise ConfigError(
+                f"refit-epochs must be >= 0 (0 = off) and refit-lr > 0, found "
+                f"{self.refit_epochs} and {self.refit_lr}"
+            )
         if self.lr < 0:
             raise ConfigError(f"lr must be >= 0 (0 = method default), found {self.lr}")
         if self.merge.method != "medusa" and self.rounds > 1:

@@ -509,12 +509,7 @@ class MedusaStrategy:
             )
             self.merged[choice.label] = merged
             self.merge_stats[choice.label] = stats
-            self._save_merged(
-                choice.label,
-                merged,
-                branches,
-                main=choice is self.config.merge and self.config.uses_ownership,
-            )
+            self._save_merged(choice.label, merged, branches, main=self._is_main(choice.label))
             log.info("merge: %s merged %d branches", choice.label, len(deltas))
 
     def _save_merged(self, label: str, merged: StateDict, branches: Branches, main: bool) -> None:
@@ -525,19 +520,30 @@ class MedusaStrategy:
             merged,
             metadata={"fingerprint": self.fingerprint, "method": label},
         )
-        if not (main or not self.config.uses_ownership):
+        if not main:
             return
         for team in self.roster.active:
             head = branches.heads.get(team)
             if self.base.is_classifier and not head:
                 continue  # the team keeps its head private (share-head = false)
-            labels = (
-                tuple(self.roster.info[team].get("labels", ())) if self.base.is_classifier else None
-            )
-            out = self.run_dir.file_path(f"merged/{slug(label)}/{team}")
-            save_model_dir(self.base, out, merged, head or None, labels=labels or None)
-            for path in sorted(p for p in out.rglob("*") if p.is_file()):
-                self.run_dir.record_file(path.relative_to(self.run_dir.path).as_posix())
+            self._save_team_dir(label, team, merged, head)
+
+    def _is_main(self, label: str) -> bool:
+        """Whether ``label`` is the run's own merge (the one exported per team)."""
+        return label == self.config.merge.label
+
+    def _save_team_dir(
+        self, label: str, team: str, merged: StateDict, head: StateDict | None
+    ) -> None:
+        """``merged/<method>/<team>/``: a Hugging Face (or PEFT adapter) directory of the merged
+        shared weights with the team's head."""
+        labels = (
+            tuple(self.roster.info[team].get("labels", ())) if self.base.is_classifier else None
+        )
+        out = self.run_dir.file_path(f"merged/{slug(label)}/{team}")
+        save_model_dir(self.base, out, merged, head or None, labels=labels or None)
+        for path in sorted(p for p in out.rglob("*") if p.is_file()):
+            self.run_dir.record_file(path.relative_to(self.run_dir.path).as_posix())
 
     # ------------------------------------------------------------------ 5 EVAL
     def evaluate(self, grid: Grid) -> None:
@@ -574,16 +580,34 @@ class MedusaStrategy:
             for team, reply in replies.items():
                 try:
                     metrics = _finite_metrics(reply)
-                except (PayloadError, KeyError) as exc:
+                    refit = self._refit_head(team, reply, heads.get(team))
+                except (MedusaError, KeyError) as exc:
                     self._drop(team, "eval", f"metrics rejected: {exc}")
                     continue
                 scores[team] = metrics
+                if refit:
+                    self.run_dir.write_tensors(f"eval/{slug(label)}/{team}.head.safetensors", refit)
+                    if self._is_main(label):  # the exported team model gets the re-fitted head
+                        self._save_team_dir(label, team, merged, refit)
                 self.run_dir.write_json(f"eval/{slug(label)}/{team}.json", metrics)
                 entry = self.bytes.setdefault(team, {}).setdefault(
                     "eval", {"sent": 0, "received": 0, "dense_fp32": 0}
                 )
                 entry["sent"] += codec.payload_nbytes(arrays)
                 entry["dense_fp32"] += codec.dense_fp32_nbytes(self.shapes)
+
+    def _refit_head(self, team: str, reply: Message, head: StateDict | None) -> StateDict | None:
+        """The head a team re-fitted on a merged model (refit-epochs > 0, shared heads only),
+        checked against the shapes of the head it trained with when the coordinator has it."""
+        if self.config.refit_epochs <= 0 or HEAD_KEY not in reply.content:
+            return None
+        shapes = {n: tuple(t.shape) for n, t in head.items()} if head else None
+        return codec.decode_dense(
+            arrays_from_record(reply.content[HEAD_KEY]),
+            shapes,
+            team=team,
+            max_bytes=self.max_payload_bytes,
+        )
 
     def _eval_request(
         self, team: str, *, label: str, branch: str, arrays: Payload, heads: dict[str, StateDict]
@@ -593,7 +617,12 @@ class MedusaStrategy:
         records = {ARRAYS_KEY: record_from_arrays(arrays)}
         if heads.get(team):
             records[HEAD_KEY] = record_from_arrays(codec.encode_dense(heads[team]))
-        settings = self._train_settings() | {"method-label": label, "branch": branch}
+        settings = self._train_settings() | {
+            "method-label": label,
+            "branch": branch,
+            "refit-epochs": self.config.refit_epochs,
+            "refit-lr": self.config.refit_lr,
+        }
         return request(settings, **records)
 
 

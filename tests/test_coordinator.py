@@ -278,3 +278,27 @@ def test_rounds_with_an_uncontrolled_team(tiny_bert, tiny_tasks, tmp_path):
 def test_bad_rounds_are_config_errors(tiny_bert, tmp_path, overrides, message):
     with pytest.raises(ConfigError, match=message):
         _config(tiny_bert, tmp_path / "run", **overrides)
+
+
+def test_head_refit_in_eval_for_every_method(tiny_bert, tiny_tasks, tmp_path):
+    grid = _grid(tiny_tasks)
+    report, strategy = _run(
+        tiny_bert, tmp_path / "run", grid, epochs=1, compare="ties", **{"refit-epochs": 1}
+    )
+    assert all(dict(m.content["config"])["refit-epochs"] == 1.0 for m in _sent(grid, MSG_EVAL))
+    run = RunDir(tmp_path / "run", readonly=True)
+    for method in ("medusa", "ties"):
+        for team in tiny_tasks:
+            refit, _ = run.read_tensors(f"eval/{method}/{team}.head.safetensors")
+            trained, _ = run.read_tensors(
+                f"{'train' if method == 'medusa' else 'baseline'}/{team}.head.safetensors"
+            )
+            assert set(refit) == set(trained)
+            assert any(not torch.equal(refit[n], trained[n]) for n in refit)  # it trained
+    # the exported team model carries the re-fitted head
+    model = AutoModelForSequenceClassification.from_pretrained(tmp_path / "run/merged/medusa/beta")
+    refit, _ = run.read_tensors("eval/medusa/beta.head.safetensors")
+    state = model.state_dict()
+    assert all(torch.equal(state[n], t) for n, t in refit.items() if n in state)
+    assert any(n in state for n in refit)
+    assert all(t["status"] == "ok" for t in report["teams"])

@@ -58,6 +58,9 @@ def simulate(
         int, Option(help="Merge and continue from the merge this many times (same epochs).")
     ] = 1,
     lr: Annotated[float, Option(help="Learning rate (0 = 5e-5 full, 1e-3 LoRA/IA3).")] = 0.0,
+    refit_epochs: Annotated[
+        float, Option(help="Each team re-fits its head on every merged model first (0 = off).")
+    ] = 0.0,
     batch_size: Annotated[int, Option(help="Examples per step.")] = 16,
     max_length: Annotated[int, Option(help="Tokens per example.")] = 64,
     max_train: Annotated[int, Option(help="Training examples per team.")] = 400,
@@ -87,6 +90,7 @@ def simulate(
                 "probe-epochs": probe_epochs,
                 "epochs": epochs,
                 "rounds": rounds,
+                "refit-epochs": refit_epochs,
                 "lr": lr,
                 "batch-size": batch_size,
                 "max-length": max_length,
