@@ -12,20 +12,13 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal, get_args
 
 from medusa_fed.errors import ConfigError
+from medusa_fed.merging.spec import MethodName
 
 Method = Literal["full", "lora", "ia3"]
 Family = Literal["encoder-classifier", "causal-lm"]
 Policy = Literal["proportional", "argmax", "balanced"]
 Unselected = Literal["random", "frozen"]
-MERGE_METHODS = (
-    "medusa",
-    "linear",
-    "task_arithmetic",
-    "ties",
-    "dare_linear",
-    "dare_task_arithmetic",
-    "dare_ties",
-)
+MERGE_METHODS: tuple[str, ...] = get_args(MethodName)
 
 
 @dataclass(frozen=True)
@@ -58,7 +51,9 @@ class MergeChoice:
             try:
                 params.append((key, float(value)))
             except ValueError:
-                raise ConfigError(f"merge setting {part!r} in {text!r}: value is not a number")
+                raise ConfigError(
+                    f"merge setting {part!r} in {text!r}: value is not a number"
+                ) from None
         return cls(name, tuple(params))
 
     @property
@@ -79,9 +74,7 @@ class RunConfig:
     method: Method = "full"  # full fine-tuning, or PEFT LoRA / IA3 adapters
     probe_epochs: float = 1.0  # the paper's probe: one epoch from the base
     probe_max_steps: int = 0  # > 0 caps the probe (overrides probe_epochs)
-    probe_density: float = (
-        0.2  # top-d fraction of each tensor's probe delta sent to the coordinator
-    )
+    probe_density: float = 0.2  # top-d of each tensor's probe delta sent to the coordinator
     assignment: Policy = "proportional"  # GPA owner draw (paper); argmax; balanced shares
     unselected: Unselected = "random"  # elements no probe selected: random owner, or stay at base
     merge: MergeChoice = MergeChoice("medusa")  # the run's main merge
