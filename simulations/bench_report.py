@@ -13,7 +13,7 @@ import math
 import statistics
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -171,3 +171,50 @@ def write(out_dir: Path, cells: Sequence[Cell], cfg: BenchConfig, wall_s: float)
     for name, png in plot(cells).items():
         atomic_write(out_dir / name, png)
     return out_dir / "results.md"
+
+
+def read(out_dir: Path) -> tuple[list[Cell], BenchConfig, float]:
+    """The cells, config and wall time a ``write`` left in ``out_dir`` (results.json)."""
+    from .benchmark import MedusaVariant
+
+    path = out_dir / "results.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: expected a benchmark's results.json, found none")
+    data = json.loads(path.read_text())
+    raw = dict(data["config"])
+    raw["variants"] = tuple(
+        MedusaVariant(**{**v, "scales": tuple(v["scales"])}) for v in raw["variants"]
+    )
+    raw["teams"] = tuple(raw["teams"])
+    raw["settings"] = tuple(tuple(t) for t in raw["settings"])
+    raw["seeds"] = tuple(raw["seeds"])
+    names = {f.name for f in fields(Cell)}
+    cells = [Cell(**{k: v for k, v in c.items() if k in names}) for c in data["cells"]]
+    return cells, BenchConfig(**raw), float(data["wall_s"])
+
+
+def combine(dirs: Sequence[Path], out_dir: Path) -> Path:
+    """One report from several runs of the same benchmark (e.g. one seed per run or machine):
+    cells are pooled, seeds and variants united, wall times added. Runs must agree on every
+    other setting."""
+    cells: list[Cell] = []
+    cfg: BenchConfig | None = None
+    wall = 0.0
+    seeds: list[int] = []
+    variants: dict[str, Any] = {}
+    for d in dirs:
+        more, c, w = read(d)
+        if cfg is not None:
+            mine = {k: v for k, v in asdict(c).items() if k not in ("seeds", "variants")}
+            theirs = {k: v for k, v in asdict(cfg).items() if k not in ("seeds", "variants")}
+            diff = sorted(k for k in mine if mine[k] != theirs[k])
+            if diff:
+                raise ValueError(f"{d}: settings {diff} differ from {dirs[0]}; cannot combine")
+        cfg = cfg or c
+        cells += more
+        wall += w
+        seeds += [s for s in c.seeds if s not in seeds]
+        variants.update({v.name: v for v in c.variants})
+    assert cfg is not None, "combine: no directories given"
+    cfg = replace(cfg, seeds=tuple(seeds), variants=tuple(variants.values()))
+    return write(out_dir, cells, cfg, wall)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
+import pytest
 from medusa_fed.simulations import bench_report
 from medusa_fed.simulations.benchmark import Bench, BenchConfig
 from medusa_fed.simulations.variants import VARIANTS
@@ -86,3 +88,14 @@ def test_benchmark_runs_every_method_and_writes_tables(tiny_bert, tiny_tasks, tm
     assert (tmp_path / "accuracy.png").stat().st_size > 1000
     norm = bench_report.summarize(cells)["alpha+beta+gamma"]["alone"]["norm"]
     assert math.isclose(norm[0], 1.0)
+    # runs made apart (one seed each) combine into one report with spreads over seeds
+    again = [dataclasses.replace(c, seed=1) for c in cells]
+    bench_report.write(tmp_path / "s1", again, dataclasses.replace(cfg, seeds=(1,)), wall_s=3.0)
+    both = bench_report.combine([tmp_path, tmp_path / "s1"], tmp_path / "all")
+    pooled, pooled_cfg, wall = bench_report.read(tmp_path / "all")
+    assert len(pooled) == 2 * len(cells) and pooled_cfg.seeds == (0, 1) and wall == 15.0
+    assert "seeds [0, 1]" in both.read_text()
+    with pytest.raises(ValueError, match="max_train"):
+        bad = dataclasses.replace(cfg, max_train=81)
+        bench_report.write(tmp_path / "bad", again, bad, wall_s=1.0)
+        bench_report.combine([tmp_path, tmp_path / "bad"], tmp_path / "none")

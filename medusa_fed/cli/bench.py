@@ -2,6 +2,7 @@
 
     medusa bench --mode quick --out runs/bench-quick      # under 15 minutes on 2 cores
     medusa bench --mode full --out runs/bench-full        # every variant, 3 seeds (hours)
+    medusa bench --combine runs/s0,runs/s1 --out runs/all # one report of runs made apart
 
 prints the tables (also in ``results.md``) and writes ``results.json``, ``accuracy.png`` and
 ``normalized.png`` to ``--out``.
@@ -63,10 +64,26 @@ def bench(
             "mode's); see medusa_fed.simulations.variants."
         ),
     ] = "",
+    combine: Annotated[
+        str,
+        Option(
+            help="Comma-separated output directories of earlier runs (e.g. one seed each): "
+            "write one report of all their cells to --out instead of running."
+        ),
+    ] = "",
 ) -> None:
     """Benchmark merged-model quality on the bundled tasks and write tables and plots."""
     from medusa_fed.simulations import bench_report
     from medusa_fed.simulations.benchmark import Bench
+
+    if combine:
+        try:
+            path = bench_report.combine([Path(d) for d in combine.split(",") if d], out)
+        except (FileNotFoundError, ValueError) as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from exc
+        typer.echo(path.read_text())
+        return
 
     cfg = bench_config(mode, method, seeds, variants)
     started = time.monotonic()
