@@ -81,11 +81,13 @@ class RunConfig:
     compare: tuple[MergeChoice, ...] = ()  # post-hoc baselines merged from unmasked branches too
     epochs: float = 2.0  # masked fine-tuning budget per team (all rounds together)
     # multi-round Medusa: the budget is split into `rounds` rounds; after each round but the last
-    # the coordinator merges and every team continues from the merge (its own elements, its head)
-    rounds: int = 1
+    # the coordinator merges and every team continues from the merge (its own elements, its head).
+    # 4 rounds + a head re-fit is the default: it beat the paper's one-shot recipe by far in the
+    # benchmark (README, "Merge quality"); rounds = 1 with refit-epochs = 0 is the paper's recipe
+    rounds: int = 4
     # > 0: in EVAL each team first re-fits its own head (encoder frozen) on each merged model for
     # this many epochs at refit-lr, then scores; every compared method gets the same re-fit
-    refit_epochs: float = 0.0
+    refit_epochs: float = 1.0
     refit_lr: float = 1e-3
     max_steps: int = 0  # > 0 caps fine-tuning steps (overrides epochs)
     lr: float = 0.0  # 0 = the method's default learning rate

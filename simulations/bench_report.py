@@ -78,9 +78,9 @@ def markdown(cells: Sequence[Cell], cfg: BenchConfig, wall_s: float) -> str:
             if c.setting == setting:
                 chosen.setdefault(c.method, []).append(
                     ",".join(
-                        f"{k}={v:g}"
+                        str(v) if k == "merge" else f"{k}={v:g}"
                         for k, v in c.params.items()
-                        if k in ("scale", "density", "drop_rate")
+                        if k in ("merge", "scale", "density", "drop_rate")
                     )
                 )
         for method, col in methods.items():

@@ -347,11 +347,12 @@ class Bench:
         cell = self.choose(
             setting,
             seed,
-            f"{best.method}+refit",
+            "best post-hoc+refit",
             [(dict(best.params), lambda: merge_states(self.base_state, deltas, spec))],
             heads,
             refit_epochs=epochs,
         )
+        cell.params = {"merge": best.method, **cell.params}
         return cell
 
     def medusa_cell(self, teams: Sequence[str], setting: str, seed: int, v: MedusaVariant) -> Cell:

@@ -43,5 +43,6 @@ VARIANTS: dict[str, MedusaVariant] = {
 
 
 def default_variants() -> tuple[MedusaVariant, ...]:
-    """Quick mode: the paper's recipe, one uncontrolled team, and the tuned default."""
-    return (VARIANTS["proportional"], VARIANTS["uncontrolled"], VARIANTS["scaled"])
+    """Quick mode: the paper's recipe and the coordinator's default (4 rounds + head re-fit);
+    ``--mode full`` runs every variant, the uncontrolled team included."""
+    return (VARIANTS["proportional"], VARIANTS["rounds4-refit"])

@@ -65,6 +65,10 @@ def make_tiny_run_config(model: Path, out: Path, **overrides: object) -> RunConf
         "lr": 3e-3,
         "out-dir": str(out),
         "min-teams": 2,
+        # the paper's one-shot protocol (one TRAIN, no head re-fit): what most tests check; the
+        # rounds / re-fit tests ask for them
+        "rounds": 1,
+        "refit-epochs": 0,
     }
     raw.update(overrides)
     return RunConfig.from_mapping(raw)

@@ -46,8 +46,9 @@ def test_benchmark_runs_every_method_and_writes_tables(tiny_bert, tiny_tasks, tm
     methods = {c.method for c in cells}
     # the refit variant brings the best baseline with the same head re-fit
     for setting in {c.setting for c in cells}:
-        refit = [c.method for c in cells if c.setting == setting and c.method.endswith("+refit")]
-        assert len(refit) == 1 and refit[0].split("+")[0] in cfg.grid, refit
+        refit = [c for c in cells if c.setting == setting and c.method.endswith("+refit")]
+        assert len(refit) == 1 and refit[0].method == "best post-hoc+refit"
+        assert refit[0].params["merge"] in cfg.grid
     for c in cells:
         if c.method.endswith("refit"):
             assert c.params["refit_epochs"] == 1.0

@@ -55,12 +55,14 @@ def simulate(
     probe_epochs: Annotated[float, Option(help="Probe budget in epochs.")] = 1.0,
     epochs: Annotated[float, Option(help="Fine-tuning epochs per team (all rounds).")] = 2.0,
     rounds: Annotated[
-        int, Option(help="Merge and continue from the merge this many times (same epochs).")
-    ] = 1,
+        int | None,
+        Option(help="Rounds the epochs are split into (default: the run config's)."),
+    ] = None,
     lr: Annotated[float, Option(help="Learning rate (0 = 5e-5 full, 1e-3 LoRA/IA3).")] = 0.0,
     refit_epochs: Annotated[
-        float, Option(help="Each team re-fits its head on every merged model first (0 = off).")
-    ] = 0.0,
+        float | None,
+        Option(help="Head re-fit epochs on each merged model, 0 = off (default: run config's)."),
+    ] = None,
     batch_size: Annotated[int, Option(help="Examples per step.")] = 16,
     max_length: Annotated[int, Option(help="Tokens per example.")] = 64,
     max_train: Annotated[int, Option(help="Training examples per team.")] = 400,
@@ -89,8 +91,6 @@ def simulate(
                 "probe-density": probe_density,
                 "probe-epochs": probe_epochs,
                 "epochs": epochs,
-                "rounds": rounds,
-                "refit-epochs": refit_epochs,
                 "lr": lr,
                 "batch-size": batch_size,
                 "max-length": max_length,
@@ -101,6 +101,8 @@ def simulate(
                 "seed": seed,
                 "out-dir": str(out),
             }
+            | ({"rounds": rounds} if rounds is not None else {})
+            | ({"refit-epochs": refit_epochs} if refit_epochs is not None else {})
         )
         team_list = parse_teams(teams, [u.strip() for u in uncontrolled.split(",") if u.strip()])
         if backend not in ("ray", "inprocess"):
