@@ -76,7 +76,7 @@ class MedusaVariant:
 
 @dataclass
 class BenchConfig:
-    """What the benchmark runs (quick mode defaults: under 15 minutes on 2 cores)."""
+    """What the benchmark runs (quick mode defaults: about 22 minutes on 2 cores)."""
 
     teams: tuple[str, ...] = ("movie", "tweet", "bbc", "spam")
     settings: tuple[tuple[str, ...], ...] = (

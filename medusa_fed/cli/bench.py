@@ -1,6 +1,6 @@
 """``medusa bench``: merged-model quality of Medusa variants against the post-hoc baselines.
 
-    medusa bench --mode quick --out runs/bench-quick      # under 15 minutes on 2 cores
+    medusa bench --mode quick --out runs/bench-quick      # about 22 minutes on 2 cores
     medusa bench --mode full --out runs/bench-full        # every variant, 3 seeds (hours)
     medusa bench --combine runs/s0,runs/s1 --out runs/all # one report of runs made apart
 
@@ -53,7 +53,7 @@ def bench_config(mode: str, method: str, seeds: str, variants: str):  # type: ig
 
 @app.command()
 def bench(
-    mode: Annotated[str, Option(help="quick (< 15 min on 2 cores) or full")] = "quick",
+    mode: Annotated[str, Option(help="quick (about 22 min on 2 cores) or full")] = "quick",
     out: Annotated[Path, Option(help="Output directory.")] = Path("runs/bench"),
     method: Annotated[str, Option(help="full | lora | ia3")] = "full",
     seeds: Annotated[str, Option(help="Comma-separated seeds (default: the mode's).")] = "",
