@@ -134,11 +134,6 @@ class RunConfig:
             )
         if self.lr < 0:
             raise ConfigError(f"lr must be >= 0 (0 = method default), found {self.lr}")
-        if self.merge.method != "medusa" and self.rounds > 1:
-            raise ConfigError(
-                f"rounds = {self.rounds} needs merge = medusa (rounds continue masked training "
-                f"from the merge); found merge = {self.merge.label!r}"
-            )
         if self.merge.method != "medusa" and self.compare:
             raise ConfigError(
                 f"merge = {self.merge.label!r} already runs without ownership; 'compare' is only "
@@ -146,14 +141,20 @@ class RunConfig:
             )
 
     @property
+    def train_rounds(self) -> int:
+        """Rounds of masked training: ``rounds``; a post-hoc baseline run (merge is not medusa)
+        trains its free branches once, so rounds do not apply to it."""
+        return self.rounds if self.uses_ownership else 1
+
+    @property
     def round_epochs(self) -> float:
         """The fine-tuning epochs of one round (the budget is split evenly)."""
-        return self.epochs / self.rounds
+        return self.epochs / self.train_rounds
 
     @property
     def round_max_steps(self) -> int:
         """The step cap of one round (0 = none); a cap smaller than the rounds is 1 per round."""
-        return -(-self.max_steps // self.rounds) if self.max_steps else 0
+        return -(-self.max_steps // self.train_rounds) if self.max_steps else 0
 
     @property
     def uses_ownership(self) -> bool:

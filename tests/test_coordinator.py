@@ -272,12 +272,17 @@ def test_rounds_with_an_uncontrolled_team(tiny_bert, tiny_tasks, tmp_path):
     ("overrides", "message"),
     [
         ({"rounds": 0}, "rounds must be >= 1"),
-        ({"rounds": 2, "merge": "ties"}, "rounds = 2 needs merge = medusa"),
+        ({"refit-epochs": -1}, "refit-epochs must be >= 0"),
     ],
 )
 def test_bad_rounds_are_config_errors(tiny_bert, tmp_path, overrides, message):
     with pytest.raises(ConfigError, match=message):
         _config(tiny_bert, tmp_path / "run", **overrides)
+
+
+def test_rounds_do_not_apply_to_a_baseline_only_run(tiny_bert, tmp_path):
+    cfg = _config(tiny_bert, tmp_path / "run", merge="ties", rounds=4, epochs=2)
+    assert cfg.train_rounds == 1 and cfg.round_epochs == 2.0
 
 
 def test_head_refit_in_eval_for_every_method(tiny_bert, tiny_tasks, tmp_path):

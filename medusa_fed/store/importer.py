@@ -177,7 +177,8 @@ def _import_merge(rd: RunDir, store: Store, rel: str, data: bytes, choice: Merge
     # canonical bytes (no file metadata): the same merge made by `medusa merge` gets the same id
     tensors, _ = tensors_from_bytes(data, rel)
     slug = rel.split("/")[1]
-    metrics = {t.rsplit("/", 1)[-1][:-5]: rd.read_json(t) for t in rd.list(f"eval/{slug}/")}
+    metrics = {t.rsplit("/", 1)[-1][:-5]: rd.read_json(t) for t in rd.list(f"eval/{slug}/")
+               if t.endswith(".json")}  # (eval/<method>/<team>.head.safetensors: a re-fit head)
     conflicts = (report or {}).get("conflicts", {}).get(choice.label, {})
     return add_merge(store, base_id, {t: branches[f"{stage}/{t}"] for t in teams}, spec, tensors,
                      label=choice.label, uncontrolled=uncontrolled, metrics=metrics,
