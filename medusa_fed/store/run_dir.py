@@ -10,13 +10,16 @@ restart resumes where it stopped and nothing a team sent is lost. Layout (paths 
     hello/<team>.json                   a team's HELLO reply (fingerprint, task, controlled?)
     probe/<team>.safetensors            a team's top-d probe delta
     ownership.safetensors               the owner id of every parameter element
-    train/<team>.safetensors            a team's fine-tuned delta (owned values, or dense)
+    train-round<r>/<team>...            with rounds > 1: round r's reply (delta, head, metrics)
+    train/<team>.safetensors            a team's fine-tuned delta (owned values, or dense; with
+                                        rounds > 1 the sum of its round deltas)
     train/<team>.head.safetensors       its own classification head (never merged), if any
     train/<team>.metrics.json           its metrics fine-tuned alone
     baseline/<team>...                  the same for the unmasked fine-tune of post-hoc baselines
     merged/<method>/...                 merged weights per method (``record_file`` each file
                                         that ``save_pretrained`` writes there)
     eval/<method>/<team>.json           a team's metrics on a merged model
+    eval/<method>/<team>.head.safetensors  its head re-fitted on that merge (refit-epochs > 0)
     report.json  report.md  plots/*.png the run report (``medusa_fed.report``)
     log/rejected/<team>-<stage>.json    rejected payloads: list of {team, stage, reason, at}
 
