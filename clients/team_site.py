@@ -23,7 +23,13 @@ from medusa_fed.deltas import SparseDelta, StateDict
 from medusa_fed.errors import ConfigError, MedusaError
 from medusa_fed.protocol import PROTOCOL_VERSION
 from medusa_fed.team_config import TeamConfig
-from medusa_fed.training.branch import BranchResult, finetune, num_labels_of, probe
+from medusa_fed.training.branch import (
+    BranchResult,
+    finetune,
+    num_labels_of,
+    probe,
+    refit_head,
+)
 from medusa_fed.training.config import ModelSpec, TrainConfig
 from medusa_fed.training.data import TaskData, TaskSpec, describe, load_task
 from medusa_fed.training.evaluate import evaluate
@@ -275,15 +281,7 @@ class TeamSite:
                 lr=float(settings.get("refit-lr", 1e-3)),
             )
             label = settings.get("method-label", "")
-            refit = finetune(
-                base,
-                data,
-                cfg,
-                start=shared,
-                head=head,
-                head_only=True,
-                desc=f"refit {label} {self.team.name}",
-            ).head
+            refit = refit_head(base, data, cfg, shared, head, f"refit {label} {self.team.name}")
             head = refit
         metrics = evaluate(
             base,

@@ -28,8 +28,9 @@ import torch
 
 from medusa_fed.deltas import SparseDelta, StateDict
 from medusa_fed.merging import MergeSpec, merge_states
+from medusa_fed.merging.rounds import add_round, round_start
 from medusa_fed.ownership import assign_ownership
-from medusa_fed.training.branch import finetune, probe
+from medusa_fed.training.branch import finetune, probe, refit_head
 from medusa_fed.training.config import ModelSpec, TrainConfig
 from medusa_fed.training.data import TaskData, TaskSpec, load_task
 from medusa_fed.training.evaluate import evaluate
@@ -247,19 +248,11 @@ class Bench:
         self, merged: StateDict, heads: Mapping[str, StateDict], seed: int, epochs: float
     ) -> dict[str, StateDict]:
         """Each team's head trained further on the frozen merged encoder (its own data)."""
-        out = {}
-        for team, head in heads.items():
-            res = finetune(
-                self.base,
-                self.data(team, seed),
-                replace(self.train_cfg(seed, epochs), lr=self.cfg.refit_lr),
-                start=merged,
-                head=head,
-                head_only=True,
-                desc=f"refit {label(team)}",
-            )
-            out[team] = res.head
-        return out
+        cfg = replace(self.train_cfg(seed, epochs), lr=self.cfg.refit_lr)
+        return {
+            team: refit_head(self.base, self.data(team, seed), cfg, merged, head)
+            for team, head in heads.items()
+        }
 
     # ------------------------------------------------------------- cells
     def reference_cells(self, teams: Sequence[str], setting: str, seed: int) -> list[Cell]:
@@ -373,10 +366,7 @@ class Bench:
         per_round = self.cfg.epochs / v.rounds
         for r in range(v.rounds):
             self.say(f"{setting} seed {seed}: {v.name} round {r + 1}/{v.rounds}")
-            start = None
-            if r > 0:
-                spec = MergeSpec("medusa", seed=seed)
-                start = merge_states(self.base_state, total, spec, uncontrolled=uncontrolled)
+            start = round_start(self.base_state, total, uncontrolled, seed) if r > 0 else None
             for t in teams:
                 if t in uncontrolled and v.rounds == 1:
                     total[t], heads[t] = self.free(t, seed)
@@ -391,8 +381,7 @@ class Bench:
                     head=heads[t],
                     desc=f"{v.name} {t} r{r + 1}",
                 )
-                prev = total.get(t)
-                total[t] = res.delta if prev is None else {n: prev[n] + res.delta[n] for n in prev}
+                total[t] = add_round(total.get(t), res.delta)
                 heads[t] = res.head
         final_heads = {t: h for t, h in heads.items() if h is not None}
 

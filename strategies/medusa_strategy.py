@@ -26,7 +26,8 @@ from medusa_fed.codec.layout import Payload
 from medusa_fed.codec.records import arrays_from_record, record_from_arrays
 from medusa_fed.deltas import SparseDelta, StateDict
 from medusa_fed.errors import ConfigError, MedusaError, PayloadError
-from medusa_fed.merging import MergeSpec, merge_states, merge_states_with_report
+from medusa_fed.merging import MergeSpec, merge_states_with_report
+from medusa_fed.merging.rounds import add_round, round_start
 from medusa_fed.ownership import OwnershipMap, assign_ownership
 from medusa_fed.protocol import (
     ARRAYS_KEY,
@@ -300,8 +301,7 @@ class MedusaStrategy:
             last = Branches()
             self._load_branches(stage, last)
             for team, delta in last.deltas.items():
-                prev = total.get(team)
-                total[team] = delta if prev is None else {n: prev[n] + delta[n] for n in delta}
+                total[team] = add_round(total.get(team), delta)
                 metrics[team] = metrics.get(team, {}) | last.metrics[team]
             log.info("train: round %d/%d done (%d teams)", r, rounds, len(last.deltas))
         for team in self._usable("train"):
@@ -318,8 +318,7 @@ class MedusaStrategy:
         active team's total delta so far."""
         deltas = {t: d for t, d in total.items() if t in self.roster.active}
         uncontrolled = [t for t in deltas if not self.roster.controlled(t)]
-        spec = MergeSpec("medusa", seed=self.config.seed)
-        return merge_states(self.base_state, deltas, spec, uncontrolled=uncontrolled)
+        return round_start(self.base_state, deltas, uncontrolled, self.config.seed)
 
     def _train_round(
         self,
@@ -524,6 +523,9 @@ class MedusaStrategy:
             return
         for team in self.roster.active:
             head = branches.heads.get(team)
+            refit = f"eval/{slug(label)}/{team}.head.safetensors"  # stored by an earlier EVAL
+            if head and self.run_dir.exists(refit, verify=True):
+                head, _ = self.run_dir.read_tensors(refit)
             if self.base.is_classifier and not head:
                 continue  # the team keeps its head private (share-head = false)
             self._save_team_dir(label, team, merged, head)
@@ -580,11 +582,15 @@ class MedusaStrategy:
             for team, reply in replies.items():
                 try:
                     metrics = _finite_metrics(reply)
-                    refit = self._refit_head(team, reply, heads.get(team))
-                except (MedusaError, KeyError) as exc:
+                except (PayloadError, KeyError) as exc:
                     self._drop(team, "eval", f"metrics rejected: {exc}")
                     continue
                 scores[team] = metrics
+                try:
+                    refit = self._refit_head(team, reply, heads.get(team))
+                except MedusaError as exc:  # the metrics stand; only the head is not kept
+                    self._reject(team, "eval", f"re-fitted head rejected: {exc}")
+                    refit = None
                 if refit:
                     self.run_dir.write_tensors(f"eval/{slug(label)}/{team}.head.safetensors", refit)
                     if self._is_main(label):  # the exported team model gets the re-fitted head

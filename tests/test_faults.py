@@ -19,7 +19,7 @@ from medusa_fed.simulations.inprocess_grid import InProcessGrid
 from medusa_fed.strategies.medusa_strategy import MedusaStrategy, model_spec
 
 from medusa_fed.codec.records import arrays_from_record, record_from_arrays
-from medusa_fed.protocol import ARRAYS_KEY, CONFIG_KEY, MSG_PROBE, MSG_TRAIN
+from medusa_fed.protocol import ARRAYS_KEY, CONFIG_KEY, HEAD_KEY, MSG_EVAL, MSG_PROBE, MSG_TRAIN
 from medusa_fed.store.run_dir import RunDir
 from medusa_fed.training import load_base
 
@@ -291,3 +291,24 @@ def test_corrupt_stored_payload_is_detected_and_asked_again(run, tmp_path):
     assert trained == ["beta"]
     assert any("sha256" in r["reason"] for r in report["rejections"])
     assert_merged_from(tmp_path / "run", strategy, ["alpha", "beta", "gamma"])
+
+
+def _nan_head(reply: Message) -> list[Message]:
+    arrays = dict(arrays_from_record(reply.content[HEAD_KEY]))
+    k = sorted(arrays)[0]
+    arrays[k] = arrays[k].copy()
+    arrays[k].flat[0] = np.nan
+    reply.content[HEAD_KEY] = record_from_arrays(arrays)
+    return [reply]
+
+
+def test_bad_refitted_head_is_rejected_alone_and_the_scores_stand(run, tmp_path):
+    report, _, _ = run(on(BAD, MSG_EVAL, _nan_head), **{"refit-epochs": 1})
+    beta = next(t for t in report["teams"] if t["name"] == "beta")
+    assert beta["status"] == "ok"
+    reasons = [r["reason"] for r in report["rejections"] if r["team"] == "beta"]
+    assert any("re-fitted head rejected" in r and "NaN/Inf" in r for r in reasons), reasons
+    store = RunDir(tmp_path / "run", readonly=True)
+    assert store.exists("eval/medusa/alpha.head.safetensors")
+    assert not store.exists("eval/medusa/beta.head.safetensors")
+    assert "accuracy" in store.read_json("eval/medusa/beta.json")

@@ -132,3 +132,18 @@ def finetune(
             1, sum(m.numel() for m in masks.values())
         )
     return BranchResult(delta, team.head_state(), metrics)
+
+
+def refit_head(
+    base: BaseModel,
+    data: TaskData,
+    cfg: TrainConfig,
+    shared: Mapping[str, torch.Tensor],
+    head: Mapping[str, torch.Tensor] | None,
+    desc: str | None = None,
+) -> StateDict:
+    """A team's head trained further on frozen shared weights (e.g. a merged encoder) with
+    ``cfg``; the shared weights do not change."""
+    return finetune(
+        base, data, cfg, start=shared, head=head, head_only=True, desc=desc or f"refit {data.name}"
+    ).head

@@ -1,0 +1,33 @@
+"""Multi-round Medusa on tensors: what a round starts from, and a team's branch over rounds.
+
+The coordinator (``rounds = R``) and the benchmark share these, so both mean the same thing:
+a team's branch is the sum of its round deltas (its total change from the base), and round r > 1
+starts from the plain Medusa merge (scale 1) of every team's branch so far.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+
+import torch
+
+from medusa_fed.deltas import StateDict
+from medusa_fed.merging.merge import merge_states
+from medusa_fed.merging.spec import MergeSpec
+
+
+def add_round(total: StateDict | None, delta: Mapping[str, torch.Tensor]) -> StateDict:
+    """A team's branch after one more round: ``total + delta`` (``delta`` itself in round 1)."""
+    if total is None:
+        return dict(delta)
+    return {name: total[name] + d for name, d in delta.items()}
+
+
+def round_start(
+    base: Mapping[str, torch.Tensor],
+    totals: Mapping[str, Mapping[str, torch.Tensor]],
+    uncontrolled: Collection[str] = (),
+    seed: int = 0,
+) -> StateDict:
+    """Shared weights the next round starts from: the Medusa merge of the branches so far."""
+    return merge_states(base, totals, MergeSpec("medusa", seed=seed), uncontrolled=uncontrolled)
