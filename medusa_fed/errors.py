@@ -4,7 +4,7 @@ from __future__ import annotations
 
 
 class MedusaError(ValueError):
-    """Base class of medusa-fed errors (a ValueError, so callers' `except ValueError` still works)."""
+    """Base class of medusa-fed errors (a ValueError: callers' `except ValueError` still works)."""
 
 
 class ConfigError(MedusaError):

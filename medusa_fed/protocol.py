@@ -3,8 +3,8 @@
 Both ends import these names, so a typo cannot split them. One run::
 
     0 HELLO     query.hello       coordinator -> team: base fingerprint, model spec, run settings
-                                  team -> coordinator: its fingerprint, task description, controlled?
-    1 PROBE     train.probe       -> probe budget, density     <- top-d sparse delta (indices + fp16)
+                                  <- its fingerprint, task description, controlled?
+    1 PROBE     train.probe       -> probe budget, density     <- top-d sparse delta (idx + fp16)
     2 ASSIGN    (coordinator only: GPA ownership map)
     3 TRAIN     train.finetune    -> the team's bit-packed mask <- owned values only, in mask order
                                      (uncontrolled team: no mask <- full dense delta)

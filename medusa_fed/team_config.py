@@ -1,7 +1,7 @@
 """A team site's own settings (Flower node config), validated once when a message arrives.
 
 A team decides for itself what data it trains on and whether it accepts masks: the coordinator
-cannot override ``controlled = false``. Keys (kebab-case, as in ``flower-supernode --node-config``)::
+cannot override ``controlled = false``. Keys (kebab-case, as in ``--node-config``)::
 
     team            name shown in reports (default: the task name)
     task            bundled task (movie, tweet, spam, bbc) or a path to .csv/.tsv/.jsonl/.parquet
@@ -38,9 +38,7 @@ class TeamConfig:
 
     def __post_init__(self) -> None:
         if not self.name or not self.name.replace("-", "").replace("_", "").isalnum():
-            raise ConfigError(
-                f"team name must be letters, digits, '-' or '_', found {self.name!r}"
-            )
+            raise ConfigError(f"team name must be letters, digits, '-' or '_', found {self.name!r}")
         if not self.task:
             raise ConfigError("node config 'task' is required: a bundled task name or a data file")
         if self.max_train is not None and self.max_train < 1:
@@ -50,7 +48,9 @@ class TeamConfig:
     def from_node_config(cls, raw: Mapping[str, Any]) -> TeamConfig:
         unknown = sorted(set(raw) - _KNOWN - _FLOWER_KEYS)
         if unknown:
-            raise ConfigError(f"unknown node-config keys {unknown}; expected some of {sorted(_KNOWN)}")
+            raise ConfigError(
+                f"unknown node-config keys {unknown}; expected some of {sorted(_KNOWN)}"
+            )
         if "task" not in raw:
             raise ConfigError(
                 "node config has no 'task': start the SuperNode with "
@@ -60,7 +60,8 @@ class TeamConfig:
         try:
             max_train = int(raw["max-train"]) if "max-train" in raw else None
         except ValueError as exc:
-            raise ConfigError(f"max-train: expected an integer, found {raw['max-train']!r}") from exc
+            found = raw["max-train"]
+            raise ConfigError(f"max-train: expected an integer, found {found!r}") from exc
         return cls(
             name=str(raw.get("team", task.rsplit("/", 1)[-1].split(".")[0])),
             task=task,

@@ -26,16 +26,49 @@ def _ok(args: list[str]) -> str:
 def test_probe_assign_masked_train_from_the_shell(tiny_bert, tiny_tasks, tmp_path, method):
     common = ["--model", str(tiny_bert), "--method", method]
     for team in ("alpha", "beta"):
-        _ok(["train", "--task", str(tiny_tasks[team]), "--probe", "--out",
-             str(tmp_path / team), *common, *TRAIN])
+        _ok(
+            [
+                "train",
+                "--task",
+                str(tiny_tasks[team]),
+                "--probe",
+                "--out",
+                str(tmp_path / team),
+                *common,
+                *TRAIN,
+            ]
+        )
     ownership = tmp_path / "ownership.safetensors"
-    out = _ok(["assign", "--probe", f"alpha={tmp_path / 'alpha/probe.safetensors'}",
-               "--probe", f"beta={tmp_path / 'beta/probe.safetensors'}", "--out", str(ownership),
-               *common])
+    out = _ok(
+        [
+            "assign",
+            "--probe",
+            f"alpha={tmp_path / 'alpha/probe.safetensors'}",
+            "--probe",
+            f"beta={tmp_path / 'beta/probe.safetensors'}",
+            "--out",
+            str(ownership),
+            *common,
+        ]
+    )
     assert "alpha" in out and "beta" in out and ownership.is_file()
-    out = _ok(["train", "--task", str(tiny_tasks["alpha"]), "--ownership", str(ownership),
-               "--team", "alpha", "--epochs", "2", "--out", str(tmp_path / "masked"),
-               *common, *TRAIN])
+    out = _ok(
+        [
+            "train",
+            "--task",
+            str(tiny_tasks["alpha"]),
+            "--ownership",
+            str(ownership),
+            "--team",
+            "alpha",
+            "--epochs",
+            "2",
+            "--out",
+            str(tmp_path / "masked"),
+            *common,
+            *TRAIN,
+        ]
+    )
     assert "before" in out and "after" in out
     delta, meta = export.load_state(tmp_path / "masked/delta.safetensors")
     mask = mask_from_ownership(ownership, "alpha")
@@ -50,10 +83,23 @@ def test_probe_assign_masked_train_from_the_shell(tiny_bert, tiny_tasks, tmp_pat
 
 
 def test_assign_refuses_bad_probe_arguments(tiny_bert, tmp_path):
-    result = runner.invoke(app, ["assign", "--probe", "alpha", "--probe", "b=x",
-                                 "--out", str(tmp_path / "o.safetensors")])
+    result = runner.invoke(
+        app,
+        ["assign", "--probe", "alpha", "--probe", "b=x", "--out", str(tmp_path / "o.safetensors")],
+    )
     assert result.exit_code == 2 and "TEAM=PATH" in result.output
-    result = runner.invoke(app, ["assign", "--probe", f"a={tmp_path / 'none.safetensors'}",
-                                 "--probe", f"b={tmp_path / 'none2.safetensors'}",
-                                 "--model", str(tiny_bert), "--out", str(tmp_path / "o.st")])
+    result = runner.invoke(
+        app,
+        [
+            "assign",
+            "--probe",
+            f"a={tmp_path / 'none.safetensors'}",
+            "--probe",
+            f"b={tmp_path / 'none2.safetensors'}",
+            "--model",
+            str(tiny_bert),
+            "--out",
+            str(tmp_path / "o.st"),
+        ],
+    )
     assert result.exit_code == 2 and "expected a probe file, found none" in result.output

@@ -308,8 +308,14 @@ def test_head_refit_in_eval_for_every_method(tiny_bert, tiny_tasks, tmp_path):
     assert any(n in state for n in refit)
     assert all(t["status"] == "ok" for t in report["teams"])
     # a restart re-merges but keeps the re-fitted head in the export
-    _run(tiny_bert, tmp_path / "run", _grid(tiny_tasks), epochs=1, compare="ties",
-         **{"refit-epochs": 1})
+    _run(
+        tiny_bert,
+        tmp_path / "run",
+        _grid(tiny_tasks),
+        epochs=1,
+        compare="ties",
+        **{"refit-epochs": 1},
+    )
     again = AutoModelForSequenceClassification.from_pretrained(tmp_path / "run/merged/medusa/beta")
     state = again.state_dict()
     assert all(torch.equal(state[n], t) for n, t in refit.items() if n in state)

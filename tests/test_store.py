@@ -43,10 +43,36 @@ def run(tiny_bert, tiny_tasks, tmp_path_factory):  # type: ignore[no-untyped-def
     """``medusa simulate --out <tmp>/runs/x`` (in-process); its store: <tmp>/runs/.medusa-store."""
     out = tmp_path_factory.mktemp("store-run") / "runs" / "x"
     teams = ",".join(f"{n}={p}" for n, p in sorted(tiny_tasks.items()))
-    cli("simulate", "--teams", teams, "--model", str(tiny_bert), "--backend", "inprocess",
-        "--compare", "ties", "--unselected", "frozen", "--out", str(out), "--epochs", "1",
-        "--probe-epochs", "1", "--max-train", "40", "--max-eval", "20", "--max-length", "16",
-        "--batch-size", "8", "--lr", "0.003", "--no-eval-before")
+    cli(
+        "simulate",
+        "--teams",
+        teams,
+        "--model",
+        str(tiny_bert),
+        "--backend",
+        "inprocess",
+        "--compare",
+        "ties",
+        "--unselected",
+        "frozen",
+        "--out",
+        str(out),
+        "--epochs",
+        "1",
+        "--probe-epochs",
+        "1",
+        "--max-train",
+        "40",
+        "--max-eval",
+        "20",
+        "--max-length",
+        "16",
+        "--batch-size",
+        "8",
+        "--lr",
+        "0.003",
+        "--no-eval-before",
+    )
     return out, out.parent / ".medusa-store"
 
 
@@ -54,8 +80,9 @@ def test_run_imports_itself_and_a_reimport_changes_nothing(run) -> None:  # type
     out, store_dir = run
     with Store(store_dir) as store:
         kinds = [r.kind for r in store.db.objects()]
-        assert sorted(kinds) == sorted(["base", "run", "ownership"] + ["branch"] * 6
-                                       + ["merge"] * 2)
+        assert sorted(kinds) == sorted(
+            ["base", "run", "ownership"] + ["branch"] * 6 + ["merge"] * 2
+        )
         again = import_run(out, store)
         assert len(store.db.objects()) == len(kinds)
         rd = RunDir(out, readonly=True)
@@ -91,8 +118,16 @@ def test_medusa_merge_re_merges_the_run_bit_for_bit(run, tmp_path) -> None:  # t
     out, store_dir = run
     rd = RunDir(out, readonly=True)
     for stage, method in (("baseline", "ties"), ("train", "medusa")):
-        text = cli("merge", f"latest:{stage}", "--method", method, "-o", str(tmp_path / method),
-                   "--store", str(store_dir))
+        text = cli(
+            "merge",
+            f"latest:{stage}",
+            "--method",
+            method,
+            "-o",
+            str(tmp_path / method),
+            "--store",
+            str(store_dir),
+        )
         merge_id = re.search(r"merge ([0-9a-f]{8})", text).group(1)  # type: ignore[union-attr]
         assert "identical to a merge already in the store" in text  # the run's own merge
         expected, _ = rd.read_tensors(f"merged/{method}/shared.safetensors")
@@ -112,16 +147,31 @@ def test_merge_from_ids_and_yaml_with_another_method(run, tmp_path) -> None:  # 
     _, store_dir = run
     with Store(store_dir, readonly=True) as store:
         runs = store.db.objects("run")
-        ids = [i for k, i in sorted(runs[-1].meta["objects"]["branches"].items())
-               if k.startswith("baseline/")]
-    text = cli("merge", *[i[:8] for i in ids], "--method", "dare_linear", "--drop-rate", "0.5",
-               "--store", str(store_dir))
+        ids = [
+            i
+            for k, i in sorted(runs[-1].meta["objects"]["branches"].items())
+            if k.startswith("baseline/")
+        ]
+    text = cli(
+        "merge",
+        *[i[:8] for i in ids],
+        "--method",
+        "dare_linear",
+        "--drop-rate",
+        "0.5",
+        "--store",
+        str(store_dir),
+    )
     assert "recorded in" in text
     config = tmp_path / "merge.yml"
-    config.write_text("merge_method: dare_linear\nparameters: {drop_rate: 0.5}\nmodels:\n"
-                      + "".join(f"  - model: {i[:10]}\n" for i in ids) + "head: beta\n")
-    text = cli("merge", "--config", str(config), "-o", str(tmp_path / "yml"),
-               "--store", str(store_dir))
+    config.write_text(
+        "merge_method: dare_linear\nparameters: {drop_rate: 0.5}\nmodels:\n"
+        + "".join(f"  - model: {i[:10]}\n" for i in ids)
+        + "head: beta\n"
+    )
+    text = cli(
+        "merge", "--config", str(config), "-o", str(tmp_path / "yml"), "--store", str(store_dir)
+    )
     assert "identical to a merge already in the store" in text  # DARE drops are seeded
     assert (tmp_path / "yml" / "medusa.json").is_file()
     assert "dare_linear(drop_rate=0.5)" in cli("log", "--store", str(store_dir))
@@ -151,8 +201,11 @@ def test_show_and_diff(run) -> None:  # type: ignore[no-untyped-def]
 def test_export_a_branch_loads_with_from_pretrained(run, tmp_path) -> None:  # type: ignore[no-untyped-def]
     _, store_dir = run
     with Store(store_dir, readonly=True) as store:
-        branch = next(r for r in store.db.objects("branch") if r.name == "gamma"
-                      and r.meta["training"] == "masked")
+        branch = next(
+            r
+            for r in store.db.objects("branch")
+            if r.name == "gamma" and r.meta["training"] == "masked"
+        )
         expected = values_of(store, branch)
     cli("export", branch.id[:8], "-o", str(tmp_path / "gamma"), "--store", str(store_dir))
     model = AutoModelForSequenceClassification.from_pretrained(tmp_path / "gamma")
@@ -178,8 +231,10 @@ def test_new_team_joins_after_the_merge_on_free_elements(run, tmp_path) -> None:
     with Store(store_dir) as store:
         medusa = next(r for r in store.db.objects("merge") if r.name == "medusa")
         result = join_after_merge(store, medusa.id[:8], "delta", data, cfg)
-        old_map = ownership_of(store, store.get(store.get(
-            next(iter(medusa.meta["inputs"].values()))).meta["ownership"]))
+        old_map = ownership_of(
+            store,
+            store.get(store.get(next(iter(medusa.meta["inputs"].values()))).meta["ownership"]),
+        )
         new_map = ownership_of(store, store.get(result.ownership))
         free = {n: o == NO_OWNER for n, o in old_map.owners.items()}
         assert all(torch.equal(new_map.mask("delta")[n], free[n]) for n in free)
@@ -196,8 +251,11 @@ def test_new_team_joins_after_the_merge_on_free_elements(run, tmp_path) -> None:
     lines = text.splitlines()
     parent = next(i for i, line in enumerate(lines) if f"merge {medusa.short}" in line)
     indent = len(lines[parent]) - len(lines[parent].lstrip("│ ├└─"))
-    joined = [line for line in lines[parent + 1:] if result.branch[:8] in line
-              or result.merge[:8] in line]
+    joined = [
+        line
+        for line in lines[parent + 1 :]
+        if result.branch[:8] in line or result.merge[:8] in line
+    ]
     assert len(joined) == 2 and all(len(j) - len(j.lstrip("│ ├└─")) > indent for j in joined)
     assert "owns " in joined[0] and "delta" in joined[0]
     exported = tmp_path / "joined"
@@ -207,7 +265,8 @@ def test_new_team_joins_after_the_merge_on_free_elements(run, tmp_path) -> None:
 
 
 def test_crash_in_the_middle_of_an_import_leaves_the_store_readable(
-        run, tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    run, tmp_path, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
     out, _ = run
     store_dir = tmp_path / "store"
     calls = {"n": 0}
@@ -242,10 +301,12 @@ def test_lora_branch_exports_as_a_peft_adapter(tiny_bert, tmp_path) -> None:  # 
     delta = {n: torch.full_like(t, 0.01) for n, t in base.shared_state().items()}
     head = base.build(2).head_state()
     with Store(tmp_path / "store") as store:
-        base_id = store_objects.add_base(store, base.fingerprint(), str(tiny_bert),
-                                         "encoder-classifier", "lora", base.shapes)
-        branch = store_objects.add_branch(store, "alpha", base_id, delta, "free", "lora", head,
-                                          data={"labels": ["neg", "pos"]})
+        base_id = store_objects.add_base(
+            store, base.fingerprint(), str(tiny_bert), "encoder-classifier", "lora", base.shapes
+        )
+        branch = store_objects.add_branch(
+            store, "alpha", base_id, delta, "free", "lora", head, data={"labels": ["neg", "pos"]}
+        )
     out = tmp_path / "adapter"
     cli("export", branch[:8], "-o", str(out), "--store", str(tmp_path / "store"))
     assert (out / "adapter_config.json").is_file()
@@ -261,8 +322,12 @@ def test_partial_run_imports_what_it_has(run, tmp_path) -> None:  # type: ignore
     out, _ = run
     source = RunDir(out, readonly=True)
     partial = RunDir(tmp_path / "runs" / "crashed")  # a run that stopped after TRAIN
-    for rel in ["config.json", "ownership.safetensors", *source.list("hello/"),
-                *source.list("train/")]:
+    for rel in [
+        "config.json",
+        "ownership.safetensors",
+        *source.list("hello/"),
+        *source.list("train/"),
+    ]:
         partial.write_bytes(rel, source.read_bytes(rel))
     result = import_run(partial.path, tmp_path / "store")
     assert result.status == "partial" and result.merges == {}
@@ -270,8 +335,7 @@ def test_partial_run_imports_what_it_has(run, tmp_path) -> None:  # type: ignore
     assert "partial" in cli("log", "--store", str(tmp_path / "store"))
 
 
-def test_medusa_merge_sign_elects_an_uncontrolled_branch_like_the_run(
-        tiny_bert, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_medusa_merge_sign_elects_an_uncontrolled_branch_like_the_run(tiny_bert, tmp_path) -> None:  # type: ignore[no-untyped-def]
     from medusa_fed.merging import MergeSpec, merge_states
     from medusa_fed.store.remerge import merge_branches
     from medusa_fed.training.models import load_base
@@ -286,11 +350,15 @@ def test_medusa_merge_sign_elects_an_uncontrolled_branch_like_the_run(
         "gamma": {n: torch.randn(t.shape, generator=g) for n, t in start.items()},
     }
     with Store(tmp_path / "store") as store:
-        base_id = store_objects.add_base(store, base.fingerprint(), str(tiny_bert),
-                                         "encoder-classifier", "full", base.shapes)
-        ids = [store_objects.add_branch(store, team, base_id, d,
-                                        "uncontrolled" if team == "gamma" else "masked", "full")
-               for team, d in deltas.items()]
+        base_id = store_objects.add_base(
+            store, base.fingerprint(), str(tiny_bert), "encoder-classifier", "full", base.shapes
+        )
+        ids = [
+            store_objects.add_branch(
+                store, team, base_id, d, "uncontrolled" if team == "gamma" else "masked", "full"
+            )
+            for team, d in deltas.items()
+        ]
         outcome = merge_branches(store, ids, MergeSpec("medusa"), progress=False)
     expected = merge_states(start, deltas, MergeSpec("medusa"), uncontrolled=["gamma"])
     assert all(torch.equal(outcome.values[n], expected[n]) for n in expected)

@@ -1,4 +1,4 @@
-"""The ``medusa`` command: one Typer app; each sub-command lives in its own module of this package."""
+"""The ``medusa`` command: one Typer app; each sub-command lives in its own module here."""
 
 from __future__ import annotations
 

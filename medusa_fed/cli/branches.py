@@ -31,15 +31,20 @@ def _loader_hint(out: Path) -> str:
 
 @app.command()
 def merge(
-    branches: Annotated[list[str] | None, Argument(help="Branch ids, or RUN:baseline / "
-                                                        "RUN:train.")] = None,
-    method: Annotated[str | None, Option(help="medusa | linear | task_arithmetic | ties | "
-                                              "dare_linear | dare_task_arithmetic | dare_ties")
-                      ] = None,
-    config: Annotated[Path | None, Option(help="mergekit-style YAML (merge_method, "
-                                               "parameters, models, head).")] = None,
-    out: Annotated[Path | None, Option("--out", "-o", help="Write the merged model here.")
-                   ] = None,
+    branches: Annotated[
+        list[str] | None, Argument(help="Branch ids, or RUN:baseline / RUN:train.")
+    ] = None,
+    method: Annotated[
+        str | None,
+        Option(
+            help="medusa | linear | task_arithmetic | ties | "
+            "dare_linear | dare_task_arithmetic | dare_ties"
+        ),
+    ] = None,
+    config: Annotated[
+        Path | None, Option(help="mergekit-style YAML (merge_method, parameters, models, head).")
+    ] = None,
+    out: Annotated[Path | None, Option("--out", "-o", help="Write the merged model here.")] = None,
     head: Annotated[str | None, Option(help="Team whose head the exported model gets.")] = None,
     scale: Annotated[float | None, Option(help="lambda on the merged delta.")] = None,
     density: Annotated[float | None, Option(help="TIES: kept fraction per tensor.")] = None,
@@ -58,8 +63,16 @@ def merge(
         merge_branches,
     )
 
-    settings = {k: v for k, v in (("scale", scale), ("density", density),
-                                  ("drop_rate", drop_rate), ("seed", seed)) if v is not None}
+    settings = {
+        k: v
+        for k, v in (
+            ("scale", scale),
+            ("density", density),
+            ("drop_rate", drop_rate),
+            ("seed", seed),
+        )
+        if v is not None
+    }
     try:
         if config is not None:
             if branches or method or settings:
@@ -75,12 +88,17 @@ def merge(
             row = opened.get(outcome.id)
             totals = outcome.report["totals"]
             inputs = ", ".join(f"{k} {v[:8]}" for k, v in row.meta["inputs"].items())
-            typer.echo(f"merge {row.short} ({row.meta['label']}) of {inputs} onto "
-                       f"{opened.get(row.meta['start']).kind} {row.meta['start'][:8]}: "
-                       f"{int(totals['overlap']):,} of {int(totals['numel']):,} elements changed "
-                       f"by 2+ branches, {int(totals['changed']):,} changed from the start")
-            typer.echo("recorded in " + str(opened.root) if outcome.new else
-                       "identical to a merge already in the store (same inputs, same result)")
+            typer.echo(
+                f"merge {row.short} ({row.meta['label']}) of {inputs} onto "
+                f"{opened.get(row.meta['start']).kind} {row.meta['start'][:8]}: "
+                f"{int(totals['overlap']):,} of {int(totals['numel']):,} elements changed "
+                f"by 2+ branches, {int(totals['changed']):,} changed from the start"
+            )
+            typer.echo(
+                "recorded in " + str(opened.root)
+                if outcome.new
+                else "identical to a merge already in the store (same inputs, same result)"
+            )
             if out is not None:
                 export_object(opened, outcome.id, out, head=head, model=model)
                 typer.echo(f"wrote {out}; {_loader_hint(out)}")
@@ -93,8 +111,9 @@ def export(
     object_id: Annotated[str, Argument(help="Branch or merge id prefix.")],
     out: Annotated[Path, Option("--out", "-o", help="Output model directory.")],
     head: Annotated[str | None, Option(help="Merge: the team whose head goes in.")] = None,
-    merged_adapter: Annotated[bool, Option(help="LoRA / IA3: fold the adapter into the "
-                                                "weights (a plain model).")] = False,
+    merged_adapter: Annotated[
+        bool, Option(help="LoRA / IA3: fold the adapter into the weights (a plain model).")
+    ] = False,
     store: StoreOption = None,
     model: ModelOption = None,
 ) -> None:
@@ -106,8 +125,9 @@ def export(
     try:
         with Store(store_dir(store), readonly=True) as opened:
             row = opened.resolve(object_id, ("branch", "merge", "base"))
-            export_object(opened, row.id, out, head=head, model=model,
-                          merged_adapter=merged_adapter)
+            export_object(
+                opened, row.id, out, head=head, model=model, merged_adapter=merged_adapter
+            )
         typer.echo(f"exported {row.kind} {row.short} ({row.name}) to {out}; {_loader_hint(out)}")
     except MedusaError as exc:
         raise fail(exc) from exc
@@ -118,8 +138,9 @@ def join(
     merge_id: Annotated[str, Argument(help="The merge the new team joins after.")],
     team: Annotated[str, Option(help="The new team's name.")],
     task: Annotated[str, Option(help="Its data: bundled task or a CSV/TSV/JSONL/Parquet file.")],
-    policy: Annotated[str, Option(help="free (unowned elements) | take (also --take of "
-                                       "every other team's)")] = "free",
+    policy: Annotated[
+        str, Option(help="free (unowned elements) | take (also --take of every other team's)")
+    ] = "free",
     take: Annotated[float, Option(help="policy take: fraction handed over.")] = 0.0,
     epochs: Annotated[float, Option(help="Fine-tuning epochs.")] = 2.0,
     max_steps: Annotated[int, Option(help="> 0: exactly this many steps.")] = 0,
@@ -147,15 +168,25 @@ def join(
             row = opened.resolve(merge_id, "merge")
             base = base_model(opened, row, model)
             kind: TaskKind = "classification" if base.is_classifier else "language-modeling"
-            data = load_task(TaskSpec(source=task, kind=kind, max_train=max_train,
-                                      max_test=max_test, seed=seed))
-            cfg = TrainConfig(epochs=epochs, max_steps=max_steps, lr=lr, batch_size=batch_size,
-                              max_length=max_length, seed=seed)
-            r = join_after_merge(opened, row.id, team, data, cfg, cast(JoinPolicy, policy),
-                                 take, model=model)
+            data = load_task(
+                TaskSpec(source=task, kind=kind, max_train=max_train, max_test=max_test, seed=seed)
+            )
+            cfg = TrainConfig(
+                epochs=epochs,
+                max_steps=max_steps,
+                lr=lr,
+                batch_size=batch_size,
+                max_length=max_length,
+                seed=seed,
+            )
+            r = join_after_merge(
+                opened, row.id, team, data, cfg, cast(JoinPolicy, policy), take, model=model
+            )
         score = "  ".join(f"{k}={v:.4f}" for k, v in r.metrics.items() if k != "examples")
-        typer.echo(f"team {team} owns {100 * r.owned_share:.1f}% of the elements (ownership "
-                   f"{r.ownership[:8]}); branch {r.branch[:8]}; merge {r.merge[:8]} onto "
-                   f"{row.short}" + (f"; {score}" if score else ""))
+        typer.echo(
+            f"team {team} owns {100 * r.owned_share:.1f}% of the elements (ownership "
+            f"{r.ownership[:8]}); branch {r.branch[:8]}; merge {r.merge[:8]} onto "
+            f"{row.short}" + (f"; {score}" if score else "")
+        )
     except MedusaError as exc:
         raise fail(exc) from exc

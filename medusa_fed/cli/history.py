@@ -61,7 +61,8 @@ def import_(
                     f"imported run {r.run[:8]} ({r.status}) from {run_dir} into {target}: base "
                     f"{r.base[:8]}, ownership {r.ownership[:8] if r.ownership else '-'}, "
                     f"{len(r.branches)} branches, {len(r.merges)} merges "
-                    f"({', '.join(f'{k} {v[:8]}' for k, v in r.merges.items()) or 'none'})")
+                    f"({', '.join(f'{k} {v[:8]}' for k, v in r.merges.items()) or 'none'})"
+                )
     except MedusaError as exc:
         raise fail(exc) from exc
 
@@ -114,8 +115,10 @@ def diff(
         with Store(store_dir(store), readonly=True) as opened:
             row_a = opened.resolve(a, ("base", "branch", "merge"))
             row_b = opened.resolve(b, ("base", "branch", "merge"))
-            typer.echo(f"a: {row_a.kind} {row_a.short} ({row_a.name})   "
-                       f"b: {row_b.kind} {row_b.short} ({row_b.name})")
+            typer.echo(
+                f"a: {row_a.kind} {row_a.short} ({row_a.name})   "
+                f"b: {row_b.kind} {row_b.short} ({row_b.name})"
+            )
             diffs, compared = diff_objects(opened, row_a, row_b, model)
             typer.echo("\n".join(render_diff(diffs, compared, show_all=all_tensors)))
     except MedusaError as exc:

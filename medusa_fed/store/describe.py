@@ -53,8 +53,14 @@ def ownership_table(ownership: OwnershipMap) -> list[str]:
     rows = []
     for layer, c in sorted(counts.items(), key=lambda kv: layer_key(kv[0])):
         n = max(int(c.sum()), 1)
-        rows.append([layer, f"{int(c.sum()):,}", *(pct(int(c[i]) / n) for i in range(len(teams))),
-                     pct(int(c[NO_OWNER]) / n)])
+        rows.append(
+            [
+                layer,
+                f"{int(c.sum()):,}",
+                *(pct(int(c[i]) / n) for i in range(len(teams))),
+                pct(int(c[NO_OWNER]) / n),
+            ]
+        )
     return _table(["layer", "elements", *teams, "unowned"], rows)
 
 
@@ -73,8 +79,10 @@ def touched_table(deltas: Mapping[str, Mapping[str, torch.Tensor]]) -> list[str]
         for i, k in enumerate(keys):
             layer[1 + i] += int((deltas[k][name] != 0).sum()) if name in deltas[k] else 0
         layer[-1] += int((stacked.sum(0) >= 2).sum())
-    rows = [[layer, f"{v[0]:,}", *(pct(x / max(v[0], 1)) for x in v[1:-1]), f"{v[-1]:,}"]
-            for layer, v in sorted(acc.items(), key=lambda kv: layer_key(kv[0]))]
+    rows = [
+        [layer, f"{v[0]:,}", *(pct(x / max(v[0], 1)) for x in v[1:-1]), f"{v[-1]:,}"]
+        for layer, v in sorted(acc.items(), key=lambda kv: layer_key(kv[0]))
+    ]
     return _table(["layer", "elements", *(f"{k} changed" for k in keys), "overlap"], rows)
 
 
@@ -110,17 +118,22 @@ def show_lines(store: Store, row: ObjectRow) -> list[str]:
 def _branch_lines(store: Store, row: ObjectRow) -> list[str]:
     m = row.meta
     start = store.get(m["start"])
-    lines = [f"start     {start.kind} {start.short} ({start.name})",
-             f"data      {json.dumps(m.get('data', {}), sort_keys=True)} (a description; "
-             "no data is stored)",
-             f"metrics   {_metrics(m.get('metrics', {}))}",
-             f"head      {'shared' if m['blobs'].get('head') else 'kept private'}"]
+    lines = [
+        f"start     {start.kind} {start.short} ({start.name})",
+        f"data      {json.dumps(m.get('data', {}), sort_keys=True)} (a description; "
+        "no data is stored)",
+        f"metrics   {_metrics(m.get('metrics', {}))}",
+        f"head      {'shared' if m['blobs'].get('head') else 'kept private'}",
+    ]
     deltas = {row.name: delta_of(store, row)}
     lines += ["", "changed elements per layer:", *touched_table(deltas)]
     if m.get("ownership"):
         ownership = ownership_of(store, store.get(m["ownership"]))
-        lines += ["", f"ownership share per layer (map {m['ownership'][:8]}):",
-                  *ownership_table(ownership)]
+        lines += [
+            "",
+            f"ownership share per layer (map {m['ownership'][:8]}):",
+            *ownership_table(ownership),
+        ]
     return lines
 
 
@@ -128,27 +141,38 @@ def _merge_lines(store: Store, row: ObjectRow) -> list[str]:
     m = row.meta
     start = store.get(m["start"])
     branches = {k: store.get(i) for k, i in m["inputs"].items()}
-    lines = [f"start     {start.kind} {start.short} ({start.name})",
-             "spec      " + json.dumps(m["spec"], sort_keys=True),
-             "branches  " + ", ".join(f"{k} {r.short} ({r.meta['training']})"
-                                      for k, r in branches.items())]
+    lines = [
+        f"start     {start.kind} {start.short} ({start.name})",
+        "spec      " + json.dumps(m["spec"], sort_keys=True),
+        "branches  "
+        + ", ".join(f"{k} {r.short} ({r.meta['training']})" for k, r in branches.items()),
+    ]
     if m.get("uncontrolled"):
         lines.append("uncontrolled (sign-elected) " + ", ".join(m["uncontrolled"]))
     for team, metrics in m.get("metrics", {}).items():
         lines.append(f"metrics   {team}: {_metrics(metrics)}")
     c = m.get("conflicts", {})
     if c:
-        lines.append(f"conflicts {c.get('elements_touched_by_2plus', 0):,} elements changed by 2+ "
-                     f"branches ({pct(c.get('share', 0.0))})"
-                     + (f"; {c['sign_elected']:,} sign-elected, {c.get('discarded', 0):,} with a "
-                        "value discarded" if "sign_elected" in c else ""))
+        lines.append(
+            f"conflicts {c.get('elements_touched_by_2plus', 0):,} elements changed by 2+ "
+            f"branches ({pct(c.get('share', 0.0))})"
+            + (
+                f"; {c['sign_elected']:,} sign-elected, {c.get('discarded', 0):,} with a "
+                "value discarded"
+                if "sign_elected" in c
+                else ""
+            )
+        )
     deltas = {k: delta_of(store, r) for k, r in branches.items()}
     lines += ["", "changed elements per layer and conflicts (overlap):", *touched_table(deltas)]
     maps = {r.meta.get("ownership") for r in branches.values()} - {None}
     if len(maps) == 1:
         map_id = str(maps.pop())
-        lines += ["", f"ownership share per layer (map {map_id[:8]}):",
-                  *ownership_table(ownership_of(store, store.get(map_id)))]
+        lines += [
+            "",
+            f"ownership share per layer (map {map_id[:8]}):",
+            *ownership_table(ownership_of(store, store.get(map_id))),
+        ]
     return lines
 
 
@@ -165,6 +189,7 @@ def _prod(shape: list[int]) -> int:
 
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+
     def line(cells: list[str]) -> str:
         rest = (f"{c:>{w}}" for c, w in zip(cells[1:], widths[1:], strict=True))
         return "  ".join([f"{cells[0]:<{widths[0]}}", *rest])

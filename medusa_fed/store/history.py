@@ -34,15 +34,21 @@ def describe_line(store: Store, row: ObjectRow) -> str:
     m = row.meta
     if row.kind == "base":
         n_tensors = len(m.get("shapes", {}))
-        return (f"base {row.short}  {m['source']}  {m['family']}/{m['method']}  "
-                f"{n_tensors} tensors, {m.get('numel', 0):,} elements  "
-                f"fingerprint {m['fingerprint'][:12]}")
+        return (
+            f"base {row.short}  {m['source']}  {m['family']}/{m['method']}  "
+            f"{n_tensors} tensors, {m.get('numel', 0):,} elements  "
+            f"fingerprint {m['fingerprint'][:12]}"
+        )
     if row.kind == "run":
-        teams = ", ".join(t + ("" if v.get("controlled", True) else " (uncontrolled)")
-                          for t, v in m.get("teams", {}).items())
+        teams = ", ".join(
+            t + ("" if v.get("controlled", True) else " (uncontrolled)")
+            for t, v in m.get("teams", {}).items()
+        )
         left = f"  left out: {', '.join(m['left_out'])}" if m.get("left_out") else ""
-        return (f"run {row.short}  {m['path']}  {m.get('status', '?')}  teams {teams or '-'}  "
-                f"imported {m.get('imported_at', '?')[:19]}{left}")
+        return (
+            f"run {row.short}  {m['path']}  {m.get('status', '?')}  teams {teams or '-'}  "
+            f"imported {m.get('imported_at', '?')[:19]}{left}"
+        )
     if row.kind == "ownership":
         settings = m.get("settings", {})
         how = "/".join(str(settings[k]) for k in ("assignment", "unselected") if k in settings)
@@ -56,18 +62,24 @@ def describe_line(store: Store, row: ObjectRow) -> str:
         metric = headline(m.get("metrics", {}), "alone_")
         owned = m.get("metrics", {}).get("train_owned_fraction")
         own = f"  owns {pct(owned)}" if owned is not None and m.get("ownership") else ""
-        return (f"branch {row.short}  {row.name}  {m['training']}/{m['method']}{task}{own}"
-                + (f"  alone {metric}" if metric else ""))
+        return f"branch {row.short}  {row.name}  {m['training']}/{m['method']}{task}{own}" + (
+            f"  alone {metric}" if metric else ""
+        )
     if row.kind == "merge":
         inputs = ", ".join(f"{k} {v[:8]}" for k, v in m["inputs"].items())
         conflicts = m.get("conflicts", {})
         overlap = conflicts.get("elements_touched_by_2plus")
-        conf = (f"  conflicts {overlap:,} ({pct(conflicts.get('share', 0.0))})"
-                if overlap is not None else "")
-        scores = "  ".join(f"{t} {headline(v)}" for t, v in m.get("metrics", {}).items()
-                           if headline(v))
-        return (f"merge {row.short}  {m.get('label', row.name)}  <- {inputs}{conf}"
-                + (f"  | {scores}" if scores else ""))
+        conf = (
+            f"  conflicts {overlap:,} ({pct(conflicts.get('share', 0.0))})"
+            if overlap is not None
+            else ""
+        )
+        scores = "  ".join(
+            f"{t} {headline(v)}" for t, v in m.get("metrics", {}).items() if headline(v)
+        )
+        return f"merge {row.short}  {m.get('label', row.name)}  <- {inputs}{conf}" + (
+            f"  | {scores}" if scores else ""
+        )
     return f"{row.kind} {row.short}  {row.name}"
 
 
@@ -100,8 +112,10 @@ def _roots_at(store: Store, row: ObjectRow, base_id: str) -> bool:
 
 def _rooted(store: Store, base_id: str) -> list[ObjectRow]:
     rows = store.children(base_id, "start") + [
-        r for r in store.children(base_id, "base") if r.kind == "ownership"
-        and not store.db.parents(r.id, "previous")]
+        r
+        for r in store.children(base_id, "base")
+        if r.kind == "ownership" and not store.db.parents(r.id, "previous")
+    ]
     return _sorted(rows)
 
 
@@ -109,10 +123,16 @@ def _sorted(rows: Iterable[ObjectRow]) -> list[ObjectRow]:
     return sorted(rows, key=lambda r: (_ORDER.get(r.kind, 9), r.seq))
 
 
-def _draw_level(store: Store, runs: list[tuple[ObjectRow | None, list[ObjectRow]]],
-                loose: list[ObjectRow], prefix: str, lines: list[str]) -> None:
+def _draw_level(
+    store: Store,
+    runs: list[tuple[ObjectRow | None, list[ObjectRow]]],
+    loose: list[ObjectRow],
+    prefix: str,
+    lines: list[str],
+) -> None:
     entries: list[tuple[ObjectRow, list[ObjectRow] | None]] = [
-        (run, _sorted(members)) for run, members in runs if run is not None]
+        (run, _sorted(members)) for run, members in runs if run is not None
+    ]
     entries += [(r, None) for r in _sorted(loose)]
     for i, (row, members) in enumerate(entries):
         last = i == len(entries) - 1

@@ -66,8 +66,9 @@ class ImportResult:
     status: str = "partial"
 
 
-def import_run(run_dir: str | os.PathLike[str] | RunDir, store: Store | str | os.PathLike[str]
-               ) -> ImportResult:
+def import_run(
+    run_dir: str | os.PathLike[str] | RunDir, store: Store | str | os.PathLike[str]
+) -> ImportResult:
     """Record the run directory ``run_dir`` in ``store`` (see the module docstring).
 
     Parameters
@@ -79,8 +80,9 @@ def import_run(run_dir: str | os.PathLike[str] | RunDir, store: Store | str | os
     """
     rd = run_dir if isinstance(run_dir, RunDir) else RunDir(Path(run_dir), readonly=True)
     if not rd.exists("config.json"):
-        raise StoreError(f"{rd.path}: expected a run directory with config.json, found none; "
-                         "nothing imported")
+        raise StoreError(
+            f"{rd.path}: expected a run directory with config.json, found none; nothing imported"
+        )
     if isinstance(store, Store):
         return _import(rd, store)
     with Store(store) as opened:
@@ -92,22 +94,29 @@ def _import(rd: RunDir, store: Store) -> ImportResult:
     config = RunConfig.from_mapping(saved["run"])
     fingerprint = str(saved["fingerprint"])
     report = rd.read_json("report.json") if rd.exists("report.json") else None
-    hello = {r.split("/")[-1][:-5]: rd.read_json(r) for r in rd.list("hello/")
-             if r.endswith(".json")}
+    hello = {
+        r.split("/")[-1][:-5]: rd.read_json(r) for r in rd.list("hello/") if r.endswith(".json")
+    }
     shapes = _shapes(rd)
-    base_id = add_base(store, fingerprint, _source(config.model), config.model_family,
-                       config.method, shapes)
+    base_id = add_base(
+        store, fingerprint, _source(config.model), config.model_family, config.method, shapes
+    )
     path = str(rd.path.resolve())
     run_meta: dict[str, Any] = {
-        "config": config.to_mapping(), "status": "complete" if report else "partial",
-        "teams": {t: {"controlled": bool(h.get("controlled", True)), "task": h.get("task")}
-                  for t, h in sorted(hello.items())},
+        "config": config.to_mapping(),
+        "status": "complete" if report else "partial",
+        "teams": {
+            t: {"controlled": bool(h.get("controlled", True)), "task": h.get("task")}
+            for t, h in sorted(hello.items())
+        },
         "imported_at": now_iso(),
         "report": store.blobs.put_file(rd.file_path("report.json"), rd.read_bytes("report.json"))
-        if report else None,
+        if report
+        else None,
         "timings_s": (report or {}).get("timings_s", {}),
-        "left_out": {t["name"]: t["status"] for t in (report or {}).get("teams", [])
-                     if t["status"] != "ok"},
+        "left_out": {
+            t["name"]: t["status"] for t in (report or {}).get("teams", []) if t["status"] != "ok"
+        },
     }
     run_id = add_run(store, path, fingerprint, base_id, run_meta)
     result = ImportResult(run=run_id, base=base_id, status=run_meta["status"])
@@ -115,37 +124,76 @@ def _import(rd: RunDir, store: Store) -> ImportResult:
         data = rd.read_bytes("ownership.safetensors")
         store.blobs.put_file(rd.file_path("ownership.safetensors"), data)
         ownership = OwnershipMap.load(rd.file_path("ownership.safetensors"))
-        result.ownership = add_ownership(store, base_id, ownership, data, settings={
-            "assignment": config.assignment, "unselected": config.unselected,
-            "probe-density": config.probe_density, "seed": config.seed})
+        result.ownership = add_ownership(
+            store,
+            base_id,
+            ownership,
+            data,
+            settings={
+                "assignment": config.assignment,
+                "unselected": config.unselected,
+                "probe-density": config.probe_density,
+                "seed": config.seed,
+            },
+        )
     for stage in ("train", "baseline"):
         for team in _teams_with(rd, stage):
             result.branches[f"{stage}/{team}"] = _import_branch(
-                rd, store, stage, team, base_id, hello.get(team, {}), config.method,
-                result.ownership)
+                rd,
+                store,
+                stage,
+                team,
+                base_id,
+                hello.get(team, {}),
+                config.method,
+                result.ownership,
+            )
     choices = {c.label: c for c in _merge_choices(config)}
     for rel in _merged_files(rd):
         data = rd.read_bytes(rel)
         label = tensors_from_bytes(data, rel)[1].get("method", "")
         if label not in choices:
-            log.warning("store: %s is labelled %r, not a merge of this run's config; skipped",
-                        rel, label)
+            log.warning(
+                "store: %s is labelled %r, not a merge of this run's config; skipped", rel, label
+            )
             continue
-        result.merges[label] = _import_merge(rd, store, rel, data, choices[label], config,
-                                             base_id, hello, report, result.branches)
+        result.merges[label] = _import_merge(
+            rd, store, rel, data, choices[label], config, base_id, hello, report, result.branches
+        )
     ids = [i for i in (result.ownership, *result.branches.values(), *result.merges.values()) if i]
     for obj_id in ids:
         store.link(obj_id, run_id, "run")
-    store.update_meta(run_id, {"objects": {"ownership": result.ownership,
-                                           "branches": result.branches,
-                                           "merges": result.merges}})
-    log.info("store: imported run %s (%s) into %s: %d branches, %d merges", run_id[:8],
-             result.status, store.root, len(result.branches), len(result.merges))
+    store.update_meta(
+        run_id,
+        {
+            "objects": {
+                "ownership": result.ownership,
+                "branches": result.branches,
+                "merges": result.merges,
+            }
+        },
+    )
+    log.info(
+        "store: imported run %s (%s) into %s: %d branches, %d merges",
+        run_id[:8],
+        result.status,
+        store.root,
+        len(result.branches),
+        len(result.merges),
+    )
     return result
 
 
-def _import_branch(rd: RunDir, store: Store, stage: str, team: str, base_id: str,
-                   facts: dict[str, Any], method: str, ownership_id: str | None) -> str:
+def _import_branch(
+    rd: RunDir,
+    store: Store,
+    stage: str,
+    team: str,
+    base_id: str,
+    facts: dict[str, Any],
+    method: str,
+    ownership_id: str | None,
+) -> str:
     rel = f"{stage}/{team}"
     delta = rd.read_bytes(f"{rel}.safetensors")
     store.blobs.put_file(rd.file_path(f"{rel}.safetensors"), delta)
@@ -155,34 +203,71 @@ def _import_branch(rd: RunDir, store: Store, stage: str, team: str, base_id: str
         store.blobs.put_file(rd.file_path(f"{rel}.head.safetensors"), head)
     metrics = rd.read_json(f"{rel}.metrics.json") if rd.exists(f"{rel}.metrics.json") else {}
     controlled = bool(facts.get("controlled", True))
-    training: Training = ("free" if stage == "baseline"
-                          else "masked" if controlled else "uncontrolled")
-    data: dict[str, Any] = {k: facts[k] for k in ("task", "labels", "train-size", "test-size")
-                            if k in facts}
-    return add_branch(store, team, base_id, delta, training, method, head,
-                      ownership_id if training == "masked" else None, data, metrics)
+    training: Training = (
+        "free" if stage == "baseline" else "masked" if controlled else "uncontrolled"
+    )
+    data: dict[str, Any] = {
+        k: facts[k] for k in ("task", "labels", "train-size", "test-size") if k in facts
+    }
+    return add_branch(
+        store,
+        team,
+        base_id,
+        delta,
+        training,
+        method,
+        head,
+        ownership_id if training == "masked" else None,
+        data,
+        metrics,
+    )
 
 
-def _import_merge(rd: RunDir, store: Store, rel: str, data: bytes, choice: MergeChoice,
-                  config: RunConfig, base_id: str, hello: dict[str, Any],
-                  report: dict[str, Any] | None, branches: dict[str, str]) -> str:
+def _import_merge(
+    rd: RunDir,
+    store: Store,
+    rel: str,
+    data: bytes,
+    choice: MergeChoice,
+    config: RunConfig,
+    base_id: str,
+    hello: dict[str, Any],
+    report: dict[str, Any] | None,
+    branches: dict[str, str],
+) -> str:
     stage = "train" if choice.method == "medusa" and config.uses_ownership else "baseline"
     status = {t["name"]: t["status"] for t in (report or {}).get("teams", [])}
-    teams = [t for t in _teams_with(rd, stage)
-             if report is None or status.get(t) == "ok"
-             or str(status.get(t, "")).startswith("left out: eval:")]
-    uncontrolled = [t for t in teams if stage == "train"
-                    and not bool(hello.get(t, {}).get("controlled", True))]
+    teams = [
+        t
+        for t in _teams_with(rd, stage)
+        if report is None
+        or status.get(t) == "ok"
+        or str(status.get(t, "")).startswith("left out: eval:")
+    ]
+    uncontrolled = [
+        t for t in teams if stage == "train" and not bool(hello.get(t, {}).get("controlled", True))
+    ]
     spec = _spec(choice, config.seed)
     # canonical bytes (no file metadata): the same merge made by `medusa merge` gets the same id
     tensors, _ = tensors_from_bytes(data, rel)
     slug = rel.split("/")[1]
-    metrics = {t.rsplit("/", 1)[-1][:-5]: rd.read_json(t) for t in rd.list(f"eval/{slug}/")
-               if t.endswith(".json")}  # (eval/<method>/<team>.head.safetensors: a re-fit head)
+    metrics = {
+        t.rsplit("/", 1)[-1][:-5]: rd.read_json(t)
+        for t in rd.list(f"eval/{slug}/")
+        if t.endswith(".json")
+    }  # (eval/<method>/<team>.head.safetensors: a re-fit head)
     conflicts = (report or {}).get("conflicts", {}).get(choice.label, {})
-    return add_merge(store, base_id, {t: branches[f"{stage}/{t}"] for t in teams}, spec, tensors,
-                     label=choice.label, uncontrolled=uncontrolled, metrics=metrics,
-                     conflicts=conflicts)
+    return add_merge(
+        store,
+        base_id,
+        {t: branches[f"{stage}/{t}"] for t in teams},
+        spec,
+        tensors,
+        label=choice.label,
+        uncontrolled=uncontrolled,
+        metrics=metrics,
+        conflicts=conflicts,
+    )
 
 
 def _spec(choice: MergeChoice, seed: int) -> dict[str, Any]:
@@ -198,8 +283,9 @@ def _merge_choices(config: RunConfig) -> list[MergeChoice]:
 
 def _merged_files(rd: RunDir) -> list[str]:
     """``merged/<method>/shared.safetensors`` files (the merged shared space of each method)."""
-    return [r for r in rd.list("merged/") if r.count("/") == 2
-            and r.endswith("/shared.safetensors")]
+    return [
+        r for r in rd.list("merged/") if r.count("/") == 2 and r.endswith("/shared.safetensors")
+    ]
 
 
 def _teams_with(rd: RunDir, stage: str) -> list[str]:
@@ -213,8 +299,11 @@ def _teams_with(rd: RunDir, stage: str) -> list[str]:
 
 def _shapes(rd: RunDir) -> dict[str, list[int]]:
     """Shared-space shapes from the first dense tensor file the run stored (none yet: {})."""
-    rels = [f"{stage}/{team}.safetensors" for stage in ("train", "baseline")
-            for team in _teams_with(rd, stage)] + _merged_files(rd)
+    rels = [
+        f"{stage}/{team}.safetensors"
+        for stage in ("train", "baseline")
+        for team in _teams_with(rd, stage)
+    ] + _merged_files(rd)
     for rel in rels[:1]:
         tensors, _ = tensors_from_bytes(rd.read_bytes(rel), rel)
         return {n: list(t.shape) for n, t in tensors.items()}
@@ -251,9 +340,15 @@ def import_after_run(run_dir: RunDir, setting: str) -> ImportResult | None:
     try:
         return import_run(run_dir, target)
     except (MedusaError, OSError, sqlite3.Error) as exc:
-        log.warning("store: run %s not imported into %s (%s); import it later with "
-                    "`medusa import %s --store %s`", run_dir.path, target, exc, run_dir.path,
-                    target)
+        log.warning(
+            "store: run %s not imported into %s (%s); import it later with "
+            "`medusa import %s --store %s`",
+            run_dir.path,
+            target,
+            exc,
+            run_dir.path,
+            target,
+        )
         return None
 
 

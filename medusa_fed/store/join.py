@@ -60,19 +60,27 @@ def merge_ownership(store: Store, merge: ObjectRow) -> ObjectRow:
     if len(maps) != 1:
         raise StoreError(
             f"merge {merge.short}: expected masked branches under one ownership map, found "
-            f"{len(maps)} maps; a team can join only after a Medusa merge (not a post-hoc one)")
+            f"{len(maps)} maps; a team can join only after a Medusa merge (not a post-hoc one)"
+        )
     return store.get(str(maps.pop()))
 
 
-def extend_ownership(ownership: OwnershipMap, team: str, policy: JoinPolicy = "free",
-                     take: float = 0.0, seed: int = 0) -> OwnershipMap:
+def extend_ownership(
+    ownership: OwnershipMap,
+    team: str,
+    policy: JoinPolicy = "free",
+    take: float = 0.0,
+    seed: int = 0,
+) -> OwnershipMap:
     """``ownership`` plus ``team``, who gets the NO_OWNER elements (and, ``policy="take"``, a
     seeded ``take`` fraction of every other team's elements)."""
     if team in ownership.teams or team in ownership.uncontrolled:
         raise OwnershipError(f"team {team!r} is already in the ownership map; pick a new name")
     if policy not in ("free", "take") or not 0.0 <= take < 1.0 or (policy == "take") != (take > 0):
-        raise OwnershipError(f"expected policy 'free' (take = 0) or 'take' with 0 < take < 1, "
-                             f"found policy={policy!r}, take={take}; nothing assigned")
+        raise OwnershipError(
+            f"expected policy 'free' (take = 0) or 'take' with 0 < take < 1, "
+            f"found policy={policy!r}, take={take}; nothing assigned"
+        )
     new_id = len(ownership.teams)
     gen = torch.Generator().manual_seed(int(seed))
     owners: dict[str, torch.Tensor] = {}
@@ -88,13 +96,22 @@ def extend_ownership(ownership: OwnershipMap, team: str, policy: JoinPolicy = "f
         raise OwnershipError(
             f"team {team!r} would own 0 elements: every element already has an owner (the run "
             "used unselected = random); use policy 'take' with take > 0, or runs with "
-            "unselected = frozen")
+            "unselected = frozen"
+        )
     return extended
 
 
-def join_after_merge(store: Store, merge_ref: str, team: str, data: TaskData, cfg: TrainConfig,
-                     policy: JoinPolicy = "free", take: float = 0.0, model: str | None = None,
-                     evaluate_after: bool = True) -> JoinResult:
+def join_after_merge(
+    store: Store,
+    merge_ref: str,
+    team: str,
+    data: TaskData,
+    cfg: TrainConfig,
+    policy: JoinPolicy = "free",
+    take: float = 0.0,
+    model: str | None = None,
+    evaluate_after: bool = True,
+) -> JoinResult:
     """Let ``team`` join after the merge ``merge_ref`` (see the module docstring).
 
     Parameters
@@ -120,29 +137,51 @@ def join_after_merge(store: Store, merge_ref: str, team: str, data: TaskData, cf
     start = values_of(store, merge)
     mask = extended.mask(team)
     share = extended.owned_count(team) / max(sum(m.numel() for m in mask.values()), 1)
-    log.info("join: team %s owns %.1f%% of the elements after merge %s", team, 100 * share,
-             merge.short)
+    log.info(
+        "join: team %s owns %.1f%% of the elements after merge %s", team, 100 * share, merge.short
+    )
     result = finetune(base, data, cfg, mask=mask, start=start, desc=f"join {team}")
     labels = num_labels_of(base, data)
     metrics = {f"train_{k}": float(v) for k, v in result.metrics.items()}
     merged, report = merge_states_with_report(start, {team: result.delta}, MergeSpec("medusa"))
     scores: dict[str, float] = {}
     if evaluate_after:
-        scores = evaluate(base, merged, result.head or None, data.test, num_labels=labels,
-                          desc=f"evaluate {team}")
+        scores = evaluate(
+            base, merged, result.head or None, data.test, num_labels=labels, desc=f"evaluate {team}"
+        )
         metrics.update({f"alone_{k}": v for k, v in scores.items()})
     base_id = store.base_of(merge).id
     settings = {"joined": team, "policy": policy, "take": take, "after": merge.id}
     map_id = add_ownership(store, base_id, extended, settings=settings, previous=old_map_row.id)
-    description = {"task": data.name, "labels": list(data.labels), "train-size": len(data.train),
-                   "test-size": len(data.test)}
-    branch_id = add_branch(store, team, merge.id, result.delta, "masked", base.spec.method,
-                           result.head, map_id, description, metrics)
+    description = {
+        "task": data.name,
+        "labels": list(data.labels),
+        "train-size": len(data.train),
+        "test-size": len(data.test),
+    }
+    branch_id = add_branch(
+        store,
+        team,
+        merge.id,
+        result.delta,
+        "masked",
+        base.spec.method,
+        result.head,
+        map_id,
+        description,
+        metrics,
+    )
     totals = report["totals"]
-    merge_id = add_merge(store, merge.id, {team: branch_id}, asdict(MergeSpec("medusa")), merged,
-                         label="medusa", metrics={team: scores} if scores else None,
-                         conflicts={"elements_touched_by_2plus": int(totals["overlap"]),
-                                    "share": 0.0})
+    merge_id = add_merge(
+        store,
+        merge.id,
+        {team: branch_id},
+        asdict(MergeSpec("medusa")),
+        merged,
+        label="medusa",
+        metrics={team: scores} if scores else None,
+        conflicts={"elements_touched_by_2plus": int(totals["overlap"]), "share": 0.0},
+    )
     return JoinResult(map_id, branch_id, merge_id, share, scores)
 
 

@@ -36,8 +36,14 @@ def add_base(
     """
     content = {"fingerprint": fingerprint}
     shape_map = {n: list(s) for n, s in sorted((shapes or {}).items())}
-    meta = {"source": source, "sources": [source], "family": family, "method": method,
-            "shapes": shape_map, "numel": _numel(shape_map)}
+    meta = {
+        "source": source,
+        "sources": [source],
+        "family": family,
+        "method": method,
+        "shapes": shape_map,
+        "numel": _numel(shape_map),
+    }
     obj_id, new = store.put("base", _short_source(source), content, meta)
     if not new:
         row = store.get(obj_id)
@@ -65,19 +71,30 @@ def add_ownership(
     ``previous`` is the map it extends (a team that joined after a merge).
     """
     if data is None:
-        meta_json = {"format": FORMAT_VERSION, "teams": list(ownership.teams),
-                     "uncontrolled": list(ownership.uncontrolled)}
-        data = safetensors_save({n: o.contiguous() for n, o in ownership.owners.items()},
-                                metadata={METADATA_KEY: json.dumps(meta_json)})
+        meta_json = {
+            "format": FORMAT_VERSION,
+            "teams": list(ownership.teams),
+            "uncontrolled": list(ownership.uncontrolled),
+        }
+        data = safetensors_save(
+            {n: o.contiguous() for n, o in ownership.owners.items()},
+            metadata={METADATA_KEY: json.dumps(meta_json)},
+        )
     sha = store.blobs.put(data)
     summary = ownership.summary()
-    meta = {"teams": list(ownership.teams), "uncontrolled": list(ownership.uncontrolled),
-            "share": summary["share"], "unowned": summary["unowned"], "numel": summary["numel"],
-            "settings": dict(settings or {})}
+    meta = {
+        "teams": list(ownership.teams),
+        "uncontrolled": list(ownership.uncontrolled),
+        "share": summary["share"],
+        "unowned": summary["unowned"],
+        "numel": summary["numel"],
+        "settings": dict(settings or {}),
+    }
     parents = [(base_id, "base")] + ([(previous, "previous")] if previous else [])
     name = "+".join(ownership.teams)
-    obj_id, _ = store.put("ownership", name, {"base": base_id, "map": sha}, meta, parents,
-                          {"map": sha})
+    obj_id, _ = store.put(
+        "ownership", name, {"base": base_id, "map": sha}, meta, parents, {"map": sha}
+    )
     return obj_id
 
 
@@ -110,10 +127,19 @@ def add_branch(
         )
     delta_sha = _put(store, delta)
     head_sha = _put(store, head) if head else None
-    content = {"team": team, "start": start_id, "delta": delta_sha, "head": head_sha,
-               "training": training, "ownership": ownership_id}
-    meta = {"method": method, "data": dict(data or {}),
-            "metrics": {k: float(v) for k, v in (metrics or {}).items()}}
+    content = {
+        "team": team,
+        "start": start_id,
+        "delta": delta_sha,
+        "head": head_sha,
+        "training": training,
+        "ownership": ownership_id,
+    }
+    meta = {
+        "method": method,
+        "data": dict(data or {}),
+        "metrics": {k: float(v) for k, v in (metrics or {}).items()},
+    }
     parents = [(start_id, "start")] + ([(ownership_id, "ownership")] if ownership_id else [])
     blobs = {"delta": delta_sha} | ({"head": head_sha} if head_sha else {})
     obj_id, _ = store.put("branch", team, content, meta, parents, blobs)
@@ -137,23 +163,36 @@ def add_merge(
         raise StoreError("a merge needs at least one branch, found none; nothing recorded")
     result_sha = _put(store, result)
     method = str(spec["method"])
-    content = {"start": start_id, "inputs": dict(sorted(inputs.items())), "spec": dict(spec),
-               "uncontrolled": sorted(uncontrolled), "result": result_sha}
-    meta = {"label": label or method,
-            "metrics": {t: dict(m) for t, m in (metrics or {}).items()},
-            "conflicts": dict(conflicts or {})}
+    content = {
+        "start": start_id,
+        "inputs": dict(sorted(inputs.items())),
+        "spec": dict(spec),
+        "uncontrolled": sorted(uncontrolled),
+        "result": result_sha,
+    }
+    meta = {
+        "label": label or method,
+        "metrics": {t: dict(m) for t, m in (metrics or {}).items()},
+        "conflicts": dict(conflicts or {}),
+    }
     parents = [(start_id, "start")] + [(inputs[k], "branch") for k in sorted(inputs)]
     obj_id, _ = store.put("merge", label or method, content, meta, parents, {"result": result_sha})
     return obj_id
 
 
-def add_run(store: Store, path: str, fingerprint: str, base_id: str,
-            meta: Mapping[str, Any]) -> str:
+def add_run(
+    store: Store, path: str, fingerprint: str, base_id: str, meta: Mapping[str, Any]
+) -> str:
     """Record (or refresh) an imported run directory; its meta is replaced by ``meta``."""
     blobs = {"report": meta["report"]} if meta.get("report") else {}
-    obj_id, new = store.put("run", path.rstrip("/").rsplit("/", 1)[-1] or path,
-                            {"path": path, "fingerprint": fingerprint}, meta,
-                            [(base_id, "base")], blobs)
+    obj_id, new = store.put(
+        "run",
+        path.rstrip("/").rsplit("/", 1)[-1] or path,
+        {"path": path, "fingerprint": fingerprint},
+        meta,
+        [(base_id, "base")],
+        blobs,
+    )
     if not new:
         store.update_meta(obj_id, {**meta, "blobs": blobs})
     return obj_id

@@ -55,20 +55,21 @@ def make_spec(method: str, **settings: float) -> MergeSpec:
 def spec_label(spec: MergeSpec) -> str:
     """``ties`` or ``ties(density=0.5)``: the method plus the settings it reads, if not default."""
     defaults = {f.name: f.default for f in fields(MergeSpec)}
-    changed = [f"{k}={getattr(spec, k):g}" for k in spec.info.uses
-               if getattr(spec, k) != defaults[k]]
+    changed = [
+        f"{k}={getattr(spec, k):g}" for k in spec.info.uses if getattr(spec, k) != defaults[k]
+    ]
     return f"{spec.method}({','.join(changed)})" if changed else spec.method
 
 
 def load_merge_config(path: Path) -> tuple[list[str], MergeSpec, str | None]:
     """Branches, spec and head team of a mergekit-style YAML file::
 
-        merge_method: ties            # or method:
-        parameters: {density: 0.2, scale: 1.0}
-        models:                       # or branches: [e0ae43e0, a5243247]
-          - model: e0ae43e0
-          - model: a5243247
-        head: alpha                   # optional: the team head of the exported model
+    merge_method: ties            # or method:
+    parameters: {density: 0.2, scale: 1.0}
+    models:                       # or branches: [e0ae43e0, a5243247]
+      - model: e0ae43e0
+      - model: a5243247
+    head: alpha                   # optional: the team head of the exported model
     """
     try:
         raw = yaml.safe_load(path.read_text())
@@ -76,19 +77,34 @@ def load_merge_config(path: Path) -> tuple[list[str], MergeSpec, str | None]:
         raise ConfigError(f"{path}: expected a readable YAML merge config ({e})") from e
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping at the top, found {type(raw).__name__}")
-    unknown = sorted(set(raw) - {"merge_method", "method", "parameters", "models", "branches",
-                                 "head", "dtype", "base_model"})
+    unknown = sorted(
+        set(raw)
+        - {
+            "merge_method",
+            "method",
+            "parameters",
+            "models",
+            "branches",
+            "head",
+            "dtype",
+            "base_model",
+        }
+    )
     if unknown:
-        raise ConfigError(f"{path}: unknown keys {unknown}; expected merge_method, parameters, "
-                          "models (or branches), head")
+        raise ConfigError(
+            f"{path}: unknown keys {unknown}; expected merge_method, parameters, "
+            "models (or branches), head"
+        )
     method = str(raw.get("merge_method") or raw.get("method") or "")
     items = raw.get("models") or raw.get("branches") or []
     refs: list[str] = []
     for item in items:
         if isinstance(item, dict):
             if item.get("parameters"):
-                raise ConfigError(f"{path}: per-model parameters ({item}) are not supported; "
-                                  "put settings under the top-level parameters")
+                raise ConfigError(
+                    f"{path}: per-model parameters ({item}) are not supported; "
+                    "put settings under the top-level parameters"
+                )
             item = item.get("model") or item.get("branch")
         refs.append(str(item))
     params = dict(raw.get("parameters") or {})
@@ -96,8 +112,10 @@ def load_merge_config(path: Path) -> tuple[list[str], MergeSpec, str | None]:
     if bad:
         raise ConfigError(f"{path}: parameters {bad} unknown; expected some of {_SPEC_KEYS}")
     if not method or not refs:
-        raise ConfigError(f"{path}: expected merge_method and at least one model/branch id, "
-                          f"found method={method!r}, {len(refs)} branch(es)")
+        raise ConfigError(
+            f"{path}: expected merge_method and at least one model/branch id, "
+            f"found method={method!r}, {len(refs)} branch(es)"
+        )
     head = raw.get("head")
     return refs, make_spec(method, **params), None if head is None else str(head)
 
@@ -115,8 +133,11 @@ def resolve_branches(store: Store, refs: Sequence[str]) -> list[ObjectRow]:
             if run_ref == "latest" and not runs:
                 raise StoreError(f"{ref!r}: no run imported in {store.root} yet")
             run = runs[-1] if run_ref == "latest" else store.resolve(run_ref, "run")
-            ids = [i for k, i in sorted(run.meta.get("objects", {}).get("branches", {}).items())
-                   if k.startswith(stage + "/")]
+            ids = [
+                i
+                for k, i in sorted(run.meta.get("objects", {}).get("branches", {}).items())
+                if k.startswith(stage + "/")
+            ]
             if not ids:
                 raise StoreError(f"{ref!r}: run {run.short} has no {stage} branches")
             rows += [store.get(i) for i in ids]
@@ -127,8 +148,13 @@ def resolve_branches(store: Store, refs: Sequence[str]) -> list[ObjectRow]:
     return rows
 
 
-def merge_branches(store: Store, refs: Sequence[str], spec: MergeSpec,
-                   model: str | None = None, progress: bool = True) -> MergeOutcome:
+def merge_branches(
+    store: Store,
+    refs: Sequence[str],
+    spec: MergeSpec,
+    model: str | None = None,
+    progress: bool = True,
+) -> MergeOutcome:
     """Merge stored branches onto their common start with ``spec`` and record the merge.
 
     Uncontrolled branches (teams that refused masks) get sign election under ``medusa``, as in
@@ -138,28 +164,50 @@ def merge_branches(store: Store, refs: Sequence[str], spec: MergeSpec,
     starts = {r.meta["start"] for r in rows}
     if len(starts) != 1:
         listed = ", ".join(f"{r.short} from {r.meta['start'][:8]}" for r in rows)
-        raise MergeError(f"expected branches that share one start, found {listed}; merge "
-                         "branches of one base (or of one earlier merge) at a time")
+        raise MergeError(
+            f"expected branches that share one start, found {listed}; merge "
+            "branches of one base (or of one earlier merge) at a time"
+        )
     start = store.get(starts.pop())
     teams = [r.name for r in rows]
     keys = {(r.name if teams.count(r.name) == 1 else f"{r.name}@{r.short}"): r for r in rows}
-    uncontrolled = [k for k, r in keys.items()
-                    if r.meta["training"] == "uncontrolled" and spec.method == "medusa"]
+    uncontrolled = [
+        k
+        for k, r in keys.items()
+        if r.meta["training"] == "uncontrolled" and spec.method == "medusa"
+    ]
     base_values = values_of(store, start, model)
     deltas = {k: delta_of(store, r) for k, r in keys.items()}
     merged, report = merge_states_with_report(base_values, deltas, spec, uncontrolled, progress)
     totals = report["totals"]
-    conflicts = {"elements_touched_by_2plus": int(totals["overlap"]),
-                 "share": int(totals["overlap"]) / max(int(totals["numel"]), 1),
-                 "sign_elected": int(totals["sign_elected"]), "discarded": int(totals["discarded"])}
+    conflicts = {
+        "elements_touched_by_2plus": int(totals["overlap"]),
+        "share": int(totals["overlap"]) / max(int(totals["numel"]), 1),
+        "sign_elected": int(totals["sign_elected"]),
+        "discarded": int(totals["discarded"]),
+    }
     before = {r.id for r in store.db.objects("merge")}
-    merge_id = add_merge(store, start.id, {k: r.id for k, r in keys.items()}, asdict(spec), merged,
-                         label=spec_label(spec), uncontrolled=uncontrolled, conflicts=conflicts)
+    merge_id = add_merge(
+        store,
+        start.id,
+        {k: r.id for k, r in keys.items()},
+        asdict(spec),
+        merged,
+        label=spec_label(spec),
+        uncontrolled=uncontrolled,
+        conflicts=conflicts,
+    )
     return MergeOutcome(merge_id, merge_id not in before, merged, report)
 
 
-def export_object(store: Store, ref: str, out: Path, head: str | None = None,
-                  model: str | None = None, merged_adapter: bool = False) -> Path:
+def export_object(
+    store: Store,
+    ref: str,
+    out: Path,
+    head: str | None = None,
+    model: str | None = None,
+    merged_adapter: bool = False,
+) -> Path:
     """Write a branch or merge as a Hugging Face directory (PEFT adapter dir for LoRA / IA3).
 
     Parameters
@@ -176,15 +224,22 @@ def export_object(store: Store, ref: str, out: Path, head: str | None = None,
     base = base_model(store, row, model)
     team_branch = _head_branch(store, row, head) if row.kind != "base" else None
     if team_branch is None and base.is_classifier:
-        raise StoreError(f"{row.kind} {row.short} carries no team head for a classifier; export "
-                         "a branch, or a merge with --head TEAM of a team that shared its head")
+        raise StoreError(
+            f"{row.kind} {row.short} carries no team head for a classifier; export "
+            "a branch, or a merge with --head TEAM of a team that shared its head"
+        )
     shared = values_of(store, row, model)
     head_values = head_of(store, team_branch) if team_branch is not None else {}
     labels = labels_of(team_branch) if team_branch is not None and base.is_classifier else None
     save_model_dir(base, out, shared, head_values or None, labels=labels, merged=merged_adapter)
-    provenance = {"id": row.id, "kind": row.kind, "name": row.name, "store": str(store.root),
-                  "head_from": team_branch.id if team_branch is not None else None,
-                  "base_fingerprint": base.fingerprint()}
+    provenance = {
+        "id": row.id,
+        "kind": row.kind,
+        "name": row.name,
+        "store": str(store.root),
+        "head_from": team_branch.id if team_branch is not None else None,
+        "base_fingerprint": base.fingerprint(),
+    }
     (out / PROVENANCE).write_text(json.dumps(provenance, indent=2) + "\n")
     return out
 
@@ -192,8 +247,10 @@ def export_object(store: Store, ref: str, out: Path, head: str | None = None,
 def _head_branch(store: Store, row: ObjectRow, head: str | None) -> ObjectRow | None:
     if row.kind == "branch":
         if head not in (None, row.name):
-            raise StoreError(f"branch {row.short} is team {row.name!r}'s; --head {head!r} does "
-                             "not apply (heads come with their branch)")
+            raise StoreError(
+                f"branch {row.short} is team {row.name!r}'s; --head {head!r} does "
+                "not apply (heads come with their branch)"
+            )
         return row
     inputs: Mapping[str, str] = row.meta["inputs"]
     candidates = {k: store.get(i) for k, i in inputs.items()}
@@ -205,10 +262,18 @@ def _head_branch(store: Store, row: ObjectRow, head: str | None) -> ObjectRow | 
     start = store.get(row.meta["start"])  # a join merge: the earlier merge's teams' heads
     found = _head_branch(store, start, head) if start.kind == "merge" else None
     if found is None and head is not None:
-        raise StoreError(f"merge {row.short}: --head {head!r} is not a team with a shared head "
-                         f"among {sorted(with_head) or 'none'}")
+        raise StoreError(
+            f"merge {row.short}: --head {head!r} is not a team with a shared head "
+            f"among {sorted(with_head) or 'none'}"
+        )
     return found
 
 
-__all__ = ["MergeOutcome", "export_object", "load_merge_config", "merge_branches",
-           "resolve_branches", "spec_label"]
+__all__ = [
+    "MergeOutcome",
+    "export_object",
+    "load_merge_config",
+    "merge_branches",
+    "resolve_branches",
+    "spec_label",
+]

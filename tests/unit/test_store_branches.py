@@ -34,8 +34,10 @@ def store(tmp_path: Path) -> Store:
 
 def _delta(seed: int) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
-    return {"encoder.layer.0.w": torch.randn(4, 3, generator=g),
-            "embeddings.b": torch.randn(5, generator=g)}
+    return {
+        "encoder.layer.0.w": torch.randn(4, 3, generator=g),
+        "embeddings.b": torch.randn(5, generator=g),
+    }
 
 
 def test_blob_round_trip_is_content_addressed_and_hash_checked(tmp_path: Path) -> None:
@@ -63,8 +65,9 @@ def test_put_file_copies_bytes_and_never_shares_an_inode(tmp_path: Path) -> None
 
 
 def test_objects_are_idempotent_and_resolved_by_unique_prefix(store: Store) -> None:
-    base = add_base(store, "f" * 64, "/models/tiny", "encoder-classifier", "full",
-                    {"encoder.layer.0.w": (4, 3)})
+    base = add_base(
+        store, "f" * 64, "/models/tiny", "encoder-classifier", "full", {"encoder.layer.0.w": (4, 3)}
+    )
     assert add_base(store, "f" * 64, "/elsewhere/tiny", "encoder-classifier", "full") == base
     assert store.get(base).meta["sources"] == ["/models/tiny", "/elsewhere/tiny"]
     a = add_branch(store, "alpha", base, _delta(1), "free", "full", data={"task": "alpha"})
@@ -101,7 +104,8 @@ def test_row_is_refused_when_its_blob_is_missing(store: Store) -> None:
 
 
 def test_crash_after_blob_before_commit_leaves_the_store_readable(
-        store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
     base = add_base(store, "a" * 64, "m", "encoder-classifier", "full")
     kept = add_branch(store, "alpha", base, _delta(1), "free", "full")
 
@@ -184,8 +188,11 @@ def test_concurrent_readers_always_find_the_blobs_of_committed_rows(tmp_path: Pa
         except BaseException as e:  # noqa: BLE001 - reported below
             errors.append(e)
 
-    threads = [threading.Thread(target=write), threading.Thread(target=read),
-               threading.Thread(target=read)]
+    threads = [
+        threading.Thread(target=write),
+        threading.Thread(target=read),
+        threading.Thread(target=read),
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -212,9 +219,13 @@ def test_extend_ownership_free_takes_exactly_the_unowned_elements() -> None:
     assert new.teams == ("alpha", "beta", "delta")
     assert torch.equal(new.mask("delta")["w"], owners["w"] == NO_OWNER)
     assert torch.equal(new.mask("alpha")["w"], old.mask("alpha")["w"])  # nobody else changes
-    taken = extend_ownership(OwnershipMap(("a", "b"), {"w": torch.zeros(100, 100,
-                                                                         dtype=torch.uint8)}),
-                             "c", policy="take", take=0.25, seed=1)
+    taken = extend_ownership(
+        OwnershipMap(("a", "b"), {"w": torch.zeros(100, 100, dtype=torch.uint8)}),
+        "c",
+        policy="take",
+        take=0.25,
+        seed=1,
+    )
     assert 0.2 < taken.owned_count("c") / 10_000 < 0.3
     with pytest.raises(OwnershipError, match="0 elements"):
         extend_ownership(OwnershipMap(("a",), {"w": torch.zeros(3, dtype=torch.uint8)}), "c")
@@ -236,14 +247,18 @@ def test_diff_states_counts_elements_and_magnitudes() -> None:
 def test_layer_names_group_by_block() -> None:
     assert layer_of("encoder.layer.3.attention.self.query.weight") == "encoder.layer.3"
     assert layer_of("embeddings.word_embeddings.weight") == "embeddings"
-    assert layer_of("base_model.model.bert.encoder.layer.0.attention.self.query.lora_A.weight") \
+    assert (
+        layer_of("base_model.model.bert.encoder.layer.0.attention.self.query.lora_A.weight")
         == "base_model.model.bert.encoder.layer.0"
+    )
 
 
 def test_yaml_merge_config_mergekit_style(tmp_path: Path) -> None:
     path = tmp_path / "merge.yml"
-    path.write_text("merge_method: dare_ties\nparameters: {drop_rate: 0.5, seed: 3}\n"
-                    "models:\n  - model: e0ae43e0\n  - model: a5243247\nhead: alpha\n")
+    path.write_text(
+        "merge_method: dare_ties\nparameters: {drop_rate: 0.5, seed: 3}\n"
+        "models:\n  - model: e0ae43e0\n  - model: a5243247\nhead: alpha\n"
+    )
     refs, spec, head = load_merge_config(path)
     assert refs == ["e0ae43e0", "a5243247"] and head == "alpha"
     assert (spec.method, spec.drop_rate, spec.seed) == ("dare_ties", 0.5, 3)
