@@ -62,12 +62,13 @@ def evaluate_model(
     apply_thread_setting()
     causal = team.num_labels is None
     team.module.eval()
-    preds: list[int] = []
+    preds = [0] * len(split)
     loss_sum, tokens = 0.0, 0
+    order = by_length(split)  # batches of similar length: less padding, same predictions
     for lo in tqdm(
         range(0, len(split), batch_size), desc=desc, unit="batch", leave=False, disable=None
     ):
-        rows = list(range(lo, min(len(split), lo + batch_size)))
+        rows = order[lo : lo + batch_size]
         batch = encode(tokenizer, split, rows, max_length, causal)
         out = team.module(**batch)
         if causal:
@@ -75,7 +76,8 @@ def evaluate_model(
             loss_sum += float(out.loss) * n
             tokens += n
         else:
-            preds.extend(out.logits.argmax(-1).tolist())
+            for row, pred in zip(rows, out.logits.argmax(-1).tolist(), strict=True):
+                preds[row] = pred
     if causal:
         loss = loss_sum / max(1, tokens)
         return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "tokens": float(tokens)}
@@ -86,3 +88,10 @@ def evaluate_model(
         "macro_f1": macro_f1(preds, gold, n_labels),
         "examples": float(len(gold)),
     }
+
+
+def by_length(split: Split) -> list[int]:
+    """Row indices ordered by text length (characters, both texts of a pair), so that each
+    padded batch holds examples of similar length; ties keep their order."""
+    pairs = split.text_pairs or ("",) * len(split)
+    return sorted(range(len(split)), key=lambda i: len(split.texts[i]) + len(pairs[i]))

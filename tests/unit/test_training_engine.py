@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -12,8 +13,8 @@ from medusa_fed.masking import MaskError
 from medusa_fed.training.branch import finetune, probe
 from medusa_fed.training.config import ModelSpec, TrainConfig
 from medusa_fed.training.data import Split, TaskData
-from medusa_fed.training.evaluate import evaluate
-from medusa_fed.training.models import BaseModel, load_base
+from medusa_fed.training.evaluate import by_length, evaluate, evaluate_model
+from medusa_fed.training.models import BaseModel, TeamModel, load_base
 from medusa_fed.training.tiny_models import write_tiny_model
 
 TEXTS = ("good great fun movie", "bad awful boring film", "love this story", "hate the plot") * 6
@@ -141,6 +142,47 @@ def test_evaluate_reports_metrics(tiny: dict[str, Path]) -> None:
     assert 0.0 <= cls["accuracy"] <= 1.0 and cls["examples"] == len(TEXTS)
     assert lm["perplexity"] == pytest.approx(torch.tensor(lm["loss"]).exp().item(), rel=1e-5)
     assert lm["perplexity"] > 1.0
+
+
+class _TokenParity(torch.nn.Module):
+    """Predicts the parity of each example's real-token count: an answer that padding cannot
+    change, so a prediction filed under the wrong example shows."""
+
+    def forward(self, input_ids, attention_mask, labels=None, **_):  # type: ignore[no-untyped-def]
+        odd = attention_mask.sum(-1) % 2
+        return SimpleNamespace(logits=torch.stack([1 - odd, odd], -1).float())
+
+
+def test_evaluate_batches_by_length_and_keeps_each_prediction_with_its_example(
+    tiny: dict[str, Path],
+) -> None:
+    # Prepare: texts of very different lengths, in an order that is not by length
+    tokenizer = _base(tiny, "bert", "full").tokenizer
+    words = [
+        "good",
+        "great",
+        "fun",
+        "bad",
+        "awful",
+        "boring",
+        "love",
+        "hate",
+        "story",
+        "plot",
+        "film",
+        "movie",
+    ]
+    texts = tuple(" ".join(words[(i * 5) % 12 :][: 1 + (i * 7) % 11]) for i in range(24))
+    order = by_length(Split(texts, (0,) * 24))
+    assert order != list(range(24)) and sorted(order) == list(range(24))
+    parity = tuple(len(tokenizer(t)["input_ids"]) % 2 for t in texts)  # type: ignore[operator]
+    assert len(set(parity)) == 2
+    team = TeamModel(_TokenParity(), {}, {}, num_labels=2)
+    # Execute: padded batches of 8 in length order
+    right = evaluate_model(team, tokenizer, Split(texts, parity), batch_size=8)
+    wrong = evaluate_model(team, tokenizer, Split(texts, tuple(1 - p for p in parity)), 8)
+    # Assert
+    assert right["accuracy"] == 1.0 and wrong["accuracy"] == 0.0
 
 
 def test_errors_say_what_was_wrong(tiny: dict[str, Path], tmp_path: Path) -> None:
