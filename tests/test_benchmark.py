@@ -100,3 +100,35 @@ def test_benchmark_runs_every_method_and_writes_tables(tiny_bert, tiny_tasks, tm
         bad = dataclasses.replace(cfg, max_train=81)
         bench_report.write(tmp_path / "bad", again, bad, wall_s=1.0)
         bench_report.combine([tmp_path, tmp_path / "bad"], tmp_path / "none")
+
+
+def test_variant_lr_scale_reaches_masked_training_only(tiny_bert, tiny_tasks, monkeypatch):
+    from medusa_fed.simulations import benchmark
+
+    tasks = tuple(str(tiny_tasks[n]) for n in ("alpha", "beta"))
+    cfg = BenchConfig(
+        teams=tasks,
+        settings=(tasks,),
+        model=str(tiny_bert),
+        max_train=16,
+        max_validation=8,
+        max_test=8,
+        epochs=1,
+        probe_epochs=1,
+        lr=1e-3,
+        batch_size=8,
+        max_length=16,
+        floor=False,
+    )
+    seen: list[tuple[str, float]] = []
+    for name in ("finetune", "probe"):
+        real = getattr(benchmark, name)
+
+        def spy(*args, _real=real, _name=name, **kwargs):  # type: ignore[no-untyped-def]
+            seen.append((_name, args[2].lr))
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(benchmark, name, spy)
+    variant = dataclasses.replace(VARIANTS["rounds4-refit-lr2"], rounds=2, refit_epochs=0.0)
+    Bench(cfg).medusa_cell(tasks, "alpha+beta", 0, variant)
+    assert sorted(seen) == [("finetune", 2e-3)] * 4 + [("probe", 1e-3)] * 2
