@@ -132,3 +132,27 @@ def test_variant_lr_scale_reaches_masked_training_only(tiny_bert, tiny_tasks, mo
     variant = dataclasses.replace(VARIANTS["rounds4-refit-lr2"], rounds=2, refit_epochs=0.0)
     Bench(cfg).medusa_cell(tasks, "alpha+beta", 0, variant)
     assert sorted(seen) == [("finetune", 2e-3)] * 4 + [("probe", 1e-3)] * 2
+
+
+def test_bench_modes_settings_and_variants():
+    import typer
+
+    from medusa_fed.cli.bench import bench_config
+
+    quick = bench_config("quick", "full", "", "")
+    assert [v.name for v in quick.variants] == ["rounds4-refit"]
+    assert quick.settings == (("movie", "tweet", "bbc"), ("movie", "tweet", "bbc", "spam"))
+    full = bench_config("full", "lora", "", "")
+    sizes = [len(s) for s in full.settings]
+    assert sizes == [2] * 6 + [3] * 4 + [4] and len(set(full.settings)) == 11
+    assert full.method == "lora" and full.seeds == (0, 1, 2)
+    assert {v.name for v in full.variants} == set(VARIANTS)
+    chosen = bench_config("quick", "full", "3,4", "proportional,rounds8-refit")
+    assert chosen.seeds == (3, 4) and [v.name for v in chosen.variants] == [
+        "proportional",
+        "rounds8-refit",
+    ]
+    with pytest.raises(typer.BadParameter, match="expected quick or full, found 'fast'"):
+        bench_config("fast", "full", "", "")
+    with pytest.raises(typer.BadParameter, match=r"unknown \['rounds9'\]"):
+        bench_config("quick", "full", "", "rounds9")

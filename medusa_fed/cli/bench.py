@@ -31,7 +31,8 @@ def bench_config(mode: str, method: str, seeds: str, variants: str):  # type: ig
     cfg = BenchConfig(method=method)
     if mode == "full":
         tasks = cfg.teams
-        cfg.settings = tuple(itertools.combinations(tasks, 3)) + (tasks,)
+        pairs, triples = itertools.combinations(tasks, 2), itertools.combinations(tasks, 3)
+        cfg.settings = (*pairs, *triples, tasks)
         cfg.seeds = (0, 1, 2)
         cfg.max_train, cfg.max_validation, cfg.max_test = 1000, 300, 500
         cfg.max_length = 128
