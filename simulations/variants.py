@@ -16,8 +16,9 @@ The paper's recipe is ``proportional``; the others change one thing each:
   then also reports the best post-hoc baseline with the same head re-fit (``<method>+refit``), so
   the comparison stays fair;
 - ``argmax-`` / ``balanced-`` / ``frozen-rounds4-refit``: the default with one of the knobs above;
-- ``rounds4-refit-lr2``: the default with masked training at twice the lr (a one-third mask moves
-  a third of the elements; does a larger step make up for it?).
+- ``rounds4-refit-lr2`` / ``-lr0.5``: the default with masked training at twice / half the lr (a
+  one-third mask moves a third of the elements; does a larger step make up for it?);
+- ``rounds4-refit2``: the default with a 2-epoch head re-fit (the best baseline gets the same).
 """
 
 from __future__ import annotations
@@ -46,6 +47,8 @@ VARIANTS: dict[str, MedusaVariant] = {
         MedusaVariant("balanced-rounds4-refit", policy="balanced", rounds=4, refit_epochs=1.0),
         MedusaVariant("frozen-rounds4-refit", unselected="frozen", rounds=4, refit_epochs=1.0),
         MedusaVariant("rounds4-refit-lr2", rounds=4, refit_epochs=1.0, lr_scale=2.0),
+        MedusaVariant("rounds4-refit-lr0.5", rounds=4, refit_epochs=1.0, lr_scale=0.5),
+        MedusaVariant("rounds4-refit2", rounds=4, refit_epochs=2.0),
     )
 }
 

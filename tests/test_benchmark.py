@@ -146,6 +146,7 @@ def test_bench_modes_settings_and_variants():
     sizes = [len(s) for s in full.settings]
     assert sizes == [2] * 6 + [3] * 4 + [4] and len(set(full.settings)) == 11
     assert full.method == "lora" and full.seeds == (0, 1, 2)
+    assert quick.lr == 1e-4 and full.lr == 1e-3  # adapters train at their own default lr
     assert {v.name for v in full.variants} == set(VARIANTS)
     chosen = bench_config("quick", "full", "3,4", "proportional,rounds8-refit")
     assert chosen.seeds == (3, 4) and [v.name for v in chosen.variants] == [
@@ -154,5 +155,37 @@ def test_bench_modes_settings_and_variants():
     ]
     with pytest.raises(typer.BadParameter, match="expected quick or full, found 'fast'"):
         bench_config("fast", "full", "", "")
+    with pytest.raises(typer.BadParameter, match="expected full, lora or ia3, found 'qlora'"):
+        bench_config("quick", "qlora", "", "")
     with pytest.raises(typer.BadParameter, match=r"unknown \['rounds9'\]"):
         bench_config("quick", "full", "", "rounds9")
+
+
+@pytest.mark.parametrize("method", ["lora", "ia3"])
+def test_benchmark_runs_on_adapters(tiny_bert, tiny_tasks, method):
+    tasks = tuple(str(tiny_tasks[n]) for n in ("alpha", "beta"))
+    cfg = BenchConfig(
+        teams=tasks,
+        settings=(tasks,),
+        method=method,
+        model=str(tiny_bert),
+        max_train=32,
+        max_validation=8,
+        max_test=16,
+        epochs=2,
+        probe_epochs=1,
+        lr=1e-2,
+        batch_size=8,
+        max_length=16,
+        floor=False,
+        grid={"ties": [{"density": 0.5, "scale": 1.0}]},
+        variants=(VARIANTS["rounds2-refit"],),
+    )
+    cells = Bench(cfg).run()
+    assert [c.method for c in cells] == [
+        "alone",
+        "ties",
+        "best post-hoc+refit",
+        "medusa:rounds2-refit",
+    ]
+    assert all(0.0 <= v <= 1.0 for c in cells for v in c.test.values())
