@@ -220,7 +220,12 @@ class TeamSite:
         alone = self._test(base, data, tuned, result.head, cfg, f"alone {self.team.name}")
         metrics |= {f"alone_{k}": float(v) for k, v in alone.items()}
         if bool(settings.get("eval-before", False)) and self.kept_head("floor") is None:
-            floor = finetune(base, data, cfg, head_only=True, desc=f"floor {self.team.name}")
+            budget = replace(  # a round trains for part of the budget; the floor for all of it
+                cfg,
+                epochs=float(settings.get("budget-epochs", cfg.epochs)),
+                max_steps=int(settings.get("budget-max-steps", cfg.max_steps)),
+            )
+            floor = finetune(base, data, budget, head_only=True, desc=f"floor {self.team.name}")
             self._keep_head("floor", floor.head)
             before = self._test(base, data, None, floor.head, cfg, f"floor {self.team.name}")
             metrics |= {f"before_{k}": float(v) for k, v in before.items()}

@@ -339,6 +339,8 @@ class MedusaStrategy:
         settings = self._train_settings() | {
             "epochs": cfg.round_epochs,
             "max-steps": cfg.round_max_steps,
+            "budget-epochs": cfg.epochs,  # the whole budget: what the floor head trains for
+            "budget-max-steps": cfg.max_steps,
             "round": r,
             "rounds": cfg.rounds,
             "branch": branch,

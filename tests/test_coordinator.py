@@ -319,3 +319,23 @@ def test_head_refit_in_eval_for_every_method(tiny_bert, tiny_tasks, tmp_path):
     again = AutoModelForSequenceClassification.from_pretrained(tmp_path / "run/merged/medusa/beta")
     state = again.state_dict()
     assert all(torch.equal(state[n], t) for n, t in refit.items() if n in state)
+
+
+def test_floor_head_trains_for_the_whole_budget_when_rounds_split_it(
+    tiny_bert, tiny_tasks, tmp_path, monkeypatch
+):
+    from medusa_fed.clients import team_site
+
+    budgets: list[tuple[bool, float]] = []
+    real = team_site.finetune
+
+    def spy(base, data, cfg, **kwargs):  # type: ignore[no-untyped-def]
+        budgets.append((bool(kwargs.get("head_only")), cfg.epochs))
+        return real(base, data, cfg, **kwargs)
+
+    monkeypatch.setattr(team_site, "finetune", spy)
+    _run(tiny_bert, tmp_path / "run", _grid(tiny_tasks), epochs=2, rounds=2, **{"eval-before": True})
+    floors = [epochs for head_only, epochs in budgets if head_only]
+    rounds = [epochs for head_only, epochs in budgets if not head_only]
+    assert floors == [2.0] * 3  # one floor per team, the run's whole budget
+    assert 1.0 in rounds and 2.0 not in rounds
