@@ -334,7 +334,9 @@ def test_floor_head_trains_for_the_whole_budget_when_rounds_split_it(
         return real(base, data, cfg, **kwargs)
 
     monkeypatch.setattr(team_site, "finetune", spy)
-    _run(tiny_bert, tmp_path / "run", _grid(tiny_tasks), epochs=2, rounds=2, **{"eval-before": True})
+    _run(
+        tiny_bert, tmp_path / "run", _grid(tiny_tasks), epochs=2, rounds=2, **{"eval-before": True}
+    )
     floors = [epochs for head_only, epochs in budgets if head_only]
     rounds = [epochs for head_only, epochs in budgets if not head_only]
     assert floors == [2.0] * 3  # one floor per team, the run's whole budget
