@@ -73,7 +73,7 @@ class MedusaVariant:
     scales: tuple[float, ...] = (1.0,)  # lambda grid for base + lambda * sum of owned deltas
     uncontrolled_last: bool = False  # the setting's last team trains freely (uncontrolled)
     refit_epochs: float = 0.0  # > 0: each team re-fits its own head on the final merged encoder
-    lr_scale: float = 1.0  # masked training at lr_scale * the benchmark's lr (probe unchanged)
+    lr_scale: float = 1.0  # Medusa-branch training at lr_scale * the benchmark's lr (not the probe)
 
 
 @dataclass
