@@ -102,11 +102,10 @@ def test_benchmark_runs_every_method_and_writes_tables(tiny_bert, tiny_tasks, tm
         bench_report.combine([tmp_path, tmp_path / "bad"], tmp_path / "none")
 
 
-def test_variant_lr_scale_reaches_masked_training_only(tiny_bert, tiny_tasks, monkeypatch):
-    from medusa_fed.simulations import benchmark
-
+def _two_teams(tiny_bert, tiny_tasks, **overrides) -> BenchConfig:  # type: ignore[no-untyped-def]
+    """A one-setting benchmark of teams alpha and beta on the tiny BERT (seconds)."""
     tasks = tuple(str(tiny_tasks[n]) for n in ("alpha", "beta"))
-    cfg = BenchConfig(
+    raw = dict(
         teams=tasks,
         settings=(tasks,),
         model=str(tiny_bert),
@@ -120,6 +119,14 @@ def test_variant_lr_scale_reaches_masked_training_only(tiny_bert, tiny_tasks, mo
         max_length=16,
         floor=False,
     )
+    return BenchConfig(**{**raw, **overrides})  # type: ignore[arg-type]
+
+
+def test_variant_lr_scale_reaches_branch_training_only(tiny_bert, tiny_tasks, monkeypatch):
+    from medusa_fed.simulations import benchmark
+
+    cfg = _two_teams(tiny_bert, tiny_tasks)
+    tasks = cfg.teams
     seen: list[tuple[str, float]] = []
     for name in ("finetune", "probe"):
         real = getattr(benchmark, name)
@@ -163,21 +170,14 @@ def test_bench_modes_settings_and_variants():
 
 @pytest.mark.parametrize("method", ["lora", "ia3"])
 def test_benchmark_runs_on_adapters(tiny_bert, tiny_tasks, method):
-    tasks = tuple(str(tiny_tasks[n]) for n in ("alpha", "beta"))
-    cfg = BenchConfig(
-        teams=tasks,
-        settings=(tasks,),
+    cfg = _two_teams(
+        tiny_bert,
+        tiny_tasks,
         method=method,
-        model=str(tiny_bert),
         max_train=32,
-        max_validation=8,
         max_test=16,
         epochs=2,
-        probe_epochs=1,
         lr=1e-2,
-        batch_size=8,
-        max_length=16,
-        floor=False,
         grid={"ties": [{"density": 0.5, "scale": 1.0}]},
         variants=(VARIANTS["rounds2-refit"],),
     )
