@@ -146,6 +146,12 @@ class TeamSite:
         head = self.kept_head(previous)
         if head is None:
             head = sent
+        if head is None and previous == "probe":  # warm start; the probe head never leaves
+            log.warning(
+                "team %r: the probe's head is gone (site restarted?); round 1 starts a fresh head",
+                self.team.name,
+            )
+            return None
         family = settings.get("model-family", "encoder-classifier")
         if head is None and family == "encoder-classifier":
             raise MedusaError(
@@ -192,6 +198,8 @@ class TeamSite:
         cfg = self.train_config(settings)
         density = float(settings.get("density", 0.2))
         result = probe(base, data, cfg, density=density)
+        if result.head:  # a warm-started round 1 continues it (warm-start = true)
+            self._keep_head("probe", result.head)
         return result.sparse, {k: float(v) for k, v in result.metrics.items()}
 
     def finetune(

@@ -81,10 +81,15 @@ class RunConfig:
     compare: tuple[MergeChoice, ...] = ()  # post-hoc baselines merged from unmasked branches too
     epochs: float = 2.0  # masked fine-tuning budget per team (all rounds together)
     # multi-round Medusa: the budget is split into `rounds` rounds; after each round but the last
-    # the coordinator merges and every team continues from the merge (its own elements, its head).
-    # 4 rounds + a head re-fit is the default: it beat the paper's one-shot recipe by far in the
-    # benchmark (README, "Merge quality"); rounds = 1 with refit-epochs = 0 is the paper's recipe
-    rounds: int = 4
+    # the coordinator merges and every team continues from the merge (its own elements, its head)
+    rounds: int = 2
+    # warm start: the probe is the branch's first part. Round 1 starts from base + each team's
+    # probe values on the elements it owns (the coordinator holds them already), with the probe's
+    # head; the rounds then train the rest of the budget (epochs - probe-epochs), so a Medusa team
+    # trains exactly as long as a post-hoc baseline's branch. Warm start + 2 rounds + a head
+    # re-fit is the default: the best Medusa in the benchmark (README, "Merge quality"); rounds = 1,
+    # warm-start = false, refit-epochs = 0 is the paper's one-shot recipe
+    warm_start: bool = True
     # > 0: in EVAL each team first re-fits its own head (encoder frozen) on each merged model for
     # this many epochs at refit-lr, then scores; every compared method gets the same re-fit
     refit_epochs: float = 1.0
@@ -132,6 +137,18 @@ class RunConfig:
                 f"refit-epochs must be >= 0 (0 = off) and refit-lr > 0, found "
                 f"{self.refit_epochs} and {self.refit_lr}"
             )
+        if self.warm_start and self.uses_ownership:
+            if self.max_steps and not 0 < self.probe_max_steps < self.max_steps:
+                raise ConfigError(
+                    "warm-start counts the probe in the budget: with max-steps = "
+                    f"{self.max_steps} it needs 0 < probe-max-steps < max-steps, found "
+                    f"probe-max-steps = {self.probe_max_steps}"
+                )
+            if not self.max_steps and self.probe_epochs >= self.epochs:
+                raise ConfigError(
+                    "warm-start counts the probe in the budget: it needs probe-epochs < epochs, "
+                    f"found probe-epochs = {self.probe_epochs}, epochs = {self.epochs}"
+                )
         if self.lr < 0:
             raise ConfigError(f"lr must be >= 0 (0 = method default), found {self.lr}")
         if self.merge.method != "medusa" and self.compare:
@@ -147,14 +164,24 @@ class RunConfig:
         return self.rounds if self.uses_ownership else 1
 
     @property
+    def warm(self) -> bool:
+        """Whether masked training continues from the probe (warm-start in a Medusa run)."""
+        return self.warm_start and self.uses_ownership
+
+    @property
     def round_epochs(self) -> float:
-        """The fine-tuning epochs of one round (the budget is split evenly)."""
-        return self.epochs / self.train_rounds
+        """The fine-tuning epochs of one round: the budget (less the probe's when warm) split
+        evenly."""
+        return (self.epochs - (self.probe_epochs if self.warm else 0.0)) / self.train_rounds
 
     @property
     def round_max_steps(self) -> int:
-        """The step cap of one round (0 = none); a cap smaller than the rounds is 1 per round."""
-        return -(-self.max_steps // self.train_rounds) if self.max_steps else 0
+        """The step cap of one round (0 = none): the cap (less the probe's when warm) split
+        evenly, at least 1 per round."""
+        if not self.max_steps:
+            return 0
+        steps = self.max_steps - (self.probe_max_steps if self.warm else 0)
+        return -(-steps // self.train_rounds)
 
     @property
     def uses_ownership(self) -> bool:

@@ -27,7 +27,7 @@ from medusa_fed.codec.records import arrays_from_record, record_from_arrays
 from medusa_fed.deltas import SparseDelta, StateDict
 from medusa_fed.errors import ConfigError, MedusaError, PayloadError
 from medusa_fed.merging import MergeSpec, merge_states_with_report
-from medusa_fed.merging.rounds import add_round, round_start
+from medusa_fed.merging.rounds import add_round, owned_probe, round_start
 from medusa_fed.ownership import OwnershipMap, assign_ownership
 from medusa_fed.protocol import (
     ARRAYS_KEY,
@@ -284,19 +284,23 @@ class MedusaStrategy:
         with; ownership is kept. Each round's replies are stored in ``train-round<r>/``; a team's
         branch in ``train/`` is then the sum of its round deltas (its total change from the base),
         so the final merge is the same function of ``train/`` as in a one-round run.
+
+        With ``warm-start`` (the default) a team's branch begins as its stored probe values on
+        the elements it owns: round 1 starts from their merge, each team with the head its probe
+        left at its site, and the rounds train ``epochs - probe-epochs``.
         """
         assert self.ownership is not None  # set by assign()
         rounds = self.config.rounds
-        if rounds == 1:
+        if rounds == 1 and not self.config.warm:
             self._train_round(grid, "train", 1, None, {})
             self._load_branches("train", self.masked)
             return
-        total: dict[str, StateDict] = {}
+        total: dict[str, StateDict] = self._warm_totals() if self.config.warm else {}
         metrics: dict[str, dict[str, float]] = {}
         last = Branches()
         for r in range(1, rounds + 1):
             stage = f"train-round{r}"
-            start = None if r == 1 else self._round_start(total)
+            start = self._round_start(total) if total else None
             self._train_round(grid, stage, r, start, last.heads)
             last = Branches()
             self._load_branches(stage, last)
@@ -312,6 +316,16 @@ class MedusaStrategy:
                 self.run_dir.write_tensors(f"train/{team}.head.safetensors", last.heads[team])
             self.run_dir.write_json(f"train/{team}.metrics.json", metrics[team])
         self._load_branches("train", self.masked)
+
+    def _warm_totals(self) -> dict[str, StateDict]:
+        """Each team's branch before round 1 of a warm start: its stored probe values on the
+        elements it owns (every probe value for an uncontrolled team), dense."""
+        assert self.ownership is not None
+        totals = {}
+        for team, sparse in self._load_probes().items():
+            mask = self.ownership.mask(team) if self.roster.controlled(team) else None
+            totals[team] = owned_probe(sparse, mask)
+        return totals
 
     def _round_start(self, total: dict[str, StateDict]) -> StateDict:
         """Shared weights the next round starts from: the plain Medusa merge (scale 1) of every
@@ -344,7 +358,7 @@ class MedusaStrategy:
             "round": r,
             "rounds": cfg.rounds,
             "branch": branch,
-            "head-from": f"train-round{r - 1}" if r > 1 else "",
+            "head-from": f"train-round{r - 1}" if r > 1 else ("probe" if cfg.warm else ""),
         }
 
         def build(team: str):  # type: ignore[no-untyped-def]

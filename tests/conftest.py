@@ -69,6 +69,7 @@ def make_tiny_run_config(model: Path, out: Path, **overrides: object) -> RunConf
         # rounds / re-fit tests ask for them
         "rounds": 1,
         "refit-epochs": 0,
+        "warm-start": False,
     }
     raw.update(overrides)
     return RunConfig.from_mapping(raw)

@@ -11,13 +11,14 @@ from pathlib import Path
 import pytest
 import torch
 from medusa_fed.clients.client_app import make_client_app
+from medusa_fed.clients.team_site import TeamSite
 from medusa_fed.simulations.inprocess_grid import InProcessGrid
 from medusa_fed.strategies.medusa_strategy import MedusaStrategy, model_spec
 from transformers import AutoModelForSequenceClassification
 
 from medusa_fed import codec
 from medusa_fed.codec.records import arrays_from_record
-from medusa_fed.errors import ConfigError
+from medusa_fed.errors import ConfigError, MedusaError
 from medusa_fed.ownership import OwnershipMap
 from medusa_fed.protocol import (
     ARRAYS_KEY,
@@ -29,6 +30,7 @@ from medusa_fed.protocol import (
     START_KEY,
 )
 from medusa_fed.store.run_dir import RunDir
+from medusa_fed.team_config import TeamConfig
 from medusa_fed.training import load_base
 
 
@@ -254,6 +256,48 @@ def test_two_rounds_continue_from_the_merge_with_the_same_masks(tiny_bert, tiny_
     ]
 
 
+@pytest.mark.parametrize("rounds", [1, 2])
+def test_warm_start_round_one_starts_from_the_owned_probe_values(
+    tiny_bert, tiny_tasks, tmp_path, rounds
+):
+    # Prepare: three epochs in all, the first of them the probe
+    grid = _grid(tiny_tasks)
+    # Execute
+    report, strategy = _run(
+        tiny_bert, tmp_path / "run", grid, epochs=3, rounds=rounds, **{"warm-start": True}
+    )
+    # Assert: the rounds train the other two epochs, round 1 from base + owned probe values
+    run = RunDir(tmp_path / "run", readonly=True)
+    ownership = OwnershipMap.load(run.file_path("ownership.safetensors"))
+    base = strategy.base.shared_state()
+    probes = strategy._load_probes()
+    owned = {t: {n: probes[t][n].to_dense() * ownership.mask(t)[n] for n in base} for t in probes}
+    round1 = [m for m in _sent(grid, MSG_TRAIN) if dict(m.content["config"])["round"] == 1]
+    assert len(round1) == 3
+    for m in round1:
+        settings = dict(m.content["config"])
+        assert settings["epochs"] == 2.0 / rounds and settings["head-from"] == "probe"
+        start = codec.decode_dense(arrays_from_record(m.content[START_KEY]), strategy.shapes)
+        for name, b in base.items():
+            expected = b.clone()
+            for t in sorted(tiny_tasks):
+                expected += owned[t][name]
+            assert torch.equal(start[name], expected), name
+    # every site kept its probe head for round 1
+    assert all("medusa-head-probe" in c.state for c in grid.contexts.values())
+    # a team's branch = its owned probe values + its round deltas, all inside its mask
+    for team in tiny_tasks:
+        total, _ = run.read_tensors(f"train/{team}.safetensors")
+        mask = ownership.mask(team)
+        for name in base:
+            expected = owned[team][name].clone()
+            for r in range(1, rounds + 1):
+                expected += run.read_tensors(f"train-round{r}/{team}.safetensors")[0][name]
+            assert torch.equal(total[name], expected), (team, name)
+            assert torch.count_nonzero(total[name][~mask[name]]) == 0
+    assert all(t["status"] == "ok" for t in report["teams"])
+
+
 def test_rounds_with_an_uncontrolled_team(tiny_bert, tiny_tasks, tmp_path):
     grid = _grid(tiny_tasks, uncontrolled=("gamma",))
     report, strategy = _run(tiny_bert, tmp_path / "run", grid, epochs=2, rounds=2)
@@ -273,6 +317,8 @@ def test_rounds_with_an_uncontrolled_team(tiny_bert, tiny_tasks, tmp_path):
     [
         ({"rounds": 0}, "rounds must be >= 1"),
         ({"refit-epochs": -1}, "refit-epochs must be >= 0"),
+        ({"warm-start": True, "probe-epochs": 3}, "needs probe-epochs < epochs, found "),
+        ({"warm-start": True, "max-steps": 10}, "needs 0 < probe-max-steps < max-steps"),
     ],
 )
 def test_bad_rounds_are_config_errors(tiny_bert, tmp_path, overrides, message):
@@ -283,6 +329,18 @@ def test_bad_rounds_are_config_errors(tiny_bert, tmp_path, overrides, message):
 def test_rounds_do_not_apply_to_a_baseline_only_run(tiny_bert, tmp_path):
     cfg = _config(tiny_bert, tmp_path / "run", merge="ties", rounds=4, epochs=2)
     assert cfg.train_rounds == 1 and cfg.round_epochs == 2.0
+    warm = _config(tiny_bert, tmp_path / "run", merge="ties", epochs=2, **{"warm-start": True})
+    assert not warm.warm and warm.round_epochs == 2.0  # no probe in a baseline-only run
+
+
+def test_warm_start_splits_what_is_left_of_a_step_cap(tiny_bert, tmp_path):
+    cfg = _config(
+        tiny_bert,
+        tmp_path / "run",
+        rounds=4,
+        **{"warm-start": True, "max-steps": 40, "probe-max-steps": 10},
+    )
+    assert cfg.round_max_steps == 8  # (40 - 10) / 4, rounded up
 
 
 def test_head_refit_in_eval_for_every_method(tiny_bert, tiny_tasks, tmp_path):
@@ -341,3 +399,14 @@ def test_floor_head_trains_for_the_whole_budget_when_rounds_split_it(
     rounds = [epochs for head_only, epochs in budgets if not head_only]
     assert floors == [2.0] * 3  # one floor per team, the run's whole budget
     assert 1.0 in rounds and 2.0 not in rounds
+
+
+def test_round_head_continues_the_probe_head_or_starts_fresh_when_it_is_gone():
+    site = TeamSite(TeamConfig(name="alpha", task="movie"))
+    warm = {"head-from": "probe", "round": 1}
+    assert site.round_head(warm) is None  # restarted after its probe: a fresh head, no error
+    head = {"classifier.weight": torch.ones(2, 4)}
+    site._keep_head("probe", head)
+    assert torch.equal(site.round_head(warm)["classifier.weight"], head["classifier.weight"])
+    with pytest.raises(MedusaError, match="no longer holds"):  # a lost round head still fails
+        site.round_head({"head-from": "train-round1", "round": 2})

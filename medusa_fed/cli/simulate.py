@@ -53,10 +53,20 @@ def simulate(
     ] = "random",
     probe_density: Annotated[float, Option(help="Top-d fraction of each probe delta.")] = 0.2,
     probe_epochs: Annotated[float, Option(help="Probe budget in epochs.")] = 1.0,
-    epochs: Annotated[float, Option(help="Fine-tuning epochs per team (all rounds).")] = 2.0,
+    epochs: Annotated[
+        float, Option(help="Fine-tuning epochs per team (all rounds; the probe's too if warm).")
+    ] = 2.0,
     rounds: Annotated[
         int | None,
         Option(help="Rounds the epochs are split into (default: the run config's)."),
+    ] = None,
+    warm_start: Annotated[
+        bool | None,
+        Option(
+            "--warm-start/--no-warm-start",
+            help="Round 1 continues from the owned probe values; the probe counts in --epochs "
+            "(default: the run config's).",
+        ),
     ] = None,
     lr: Annotated[float, Option(help="Learning rate (0 = 5e-5 full, 1e-3 LoRA/IA3).")] = 0.0,
     refit_epochs: Annotated[
@@ -103,6 +113,7 @@ def simulate(
             }
             | ({"rounds": rounds} if rounds is not None else {})
             | ({"refit-epochs": refit_epochs} if refit_epochs is not None else {})
+            | ({"warm-start": warm_start} if warm_start is not None else {})
         )
         team_list = parse_teams(teams, [u.strip() for u in uncontrolled.split(",") if u.strip()])
         if backend not in ("ray", "inprocess"):

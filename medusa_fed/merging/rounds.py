@@ -2,7 +2,9 @@
 
 The coordinator (``rounds = R``) and the benchmark share these, so both mean the same thing:
 a team's branch is the sum of its round deltas (its total change from the base), and round r > 1
-starts from the plain Medusa merge (scale 1) of every team's branch so far.
+starts from the plain Medusa merge (scale 1) of every team's branch so far. With a warm start a
+team's branch begins as its probe values on the elements it owns (:func:`owned_probe`), so round 1
+starts from their merge as well.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from collections.abc import Collection, Mapping
 
 import torch
 
-from medusa_fed.deltas import StateDict
+from medusa_fed.deltas import SparseDelta, StateDict
 from medusa_fed.merging.merge import merge_states
 from medusa_fed.merging.spec import MergeSpec
 
@@ -31,3 +33,15 @@ def round_start(
 ) -> StateDict:
     """Shared weights the next round starts from: the Medusa merge of the branches so far."""
     return merge_states(base, totals, MergeSpec("medusa", seed=seed), uncontrolled=uncontrolled)
+
+
+def owned_probe(
+    sparse: Mapping[str, SparseDelta], mask: Mapping[str, torch.Tensor] | None
+) -> StateDict:
+    """A team's branch before round 1 of a warm start: its top-d probe values on the elements
+    it owns, dense fp32, zero elsewhere (``mask=None``, an uncontrolled team: every probe value)."""
+    out = {}
+    for name, s in sparse.items():
+        dense = s.to_dense()
+        out[name] = dense if mask is None else dense * mask[name]
+    return out
