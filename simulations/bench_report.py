@@ -205,8 +205,9 @@ def combine(dirs: Sequence[Path], out_dir: Path) -> Path:
     for d in dirs:
         more, c, w = read(d)
         if cfg is not None:
-            mine = {k: v for k, v in asdict(c).items() if k not in ("seeds", "variants")}
-            theirs = {k: v for k, v in asdict(cfg).items() if k not in ("seeds", "variants")}
+            free = ("seeds", "variants", "medusa_only")
+            mine = {k: v for k, v in asdict(c).items() if k not in free}
+            theirs = {k: v for k, v in asdict(cfg).items() if k not in free}
             diff = sorted(k for k in mine if mine[k] != theirs[k])
             if diff:
                 raise ValueError(f"{d}: settings {diff} differ from {dirs[0]}; cannot combine")
@@ -216,5 +217,15 @@ def combine(dirs: Sequence[Path], out_dir: Path) -> Path:
         seeds += [s for s in c.seeds if s not in seeds]
         variants.update({v.name: v for v in c.variants})
     assert cfg is not None, "combine: no directories given"
-    cfg = replace(cfg, seeds=tuple(seeds), variants=tuple(variants.values()))
+    seen: dict[tuple[str, int, str], int] = {}
+    for c in cells:
+        key = (c.setting, c.seed, c.method)
+        seen[key] = seen.get(key, 0) + 1
+    twice = sorted(k for k, n in seen.items() if n > 1)
+    if twice:
+        raise ValueError(
+            f"cells {twice[:3]} come from more than one run; combine runs of different seeds "
+            "or variants (a --medusa-only run adds variants to runs of the same seeds)"
+        )
+    cfg = replace(cfg, seeds=tuple(seeds), variants=tuple(variants.values()), medusa_only=False)
     return write(out_dir, cells, cfg, wall)

@@ -26,11 +26,12 @@ from typing import Any
 
 import torch
 
-from medusa_fed.deltas import SparseDelta, StateDict
+from medusa_fed.deltas import StateDict
+from medusa_fed.errors import ConfigError
 from medusa_fed.merging import MergeSpec, merge_states
-from medusa_fed.merging.rounds import add_round, round_start
+from medusa_fed.merging.rounds import add_round, owned_probe, round_start
 from medusa_fed.ownership import assign_ownership
-from medusa_fed.training.branch import finetune, probe, refit_head
+from medusa_fed.training.branch import ProbeResult, finetune, probe, refit_head
 from medusa_fed.training.config import ModelSpec, TrainConfig
 from medusa_fed.training.data import TaskData, TaskSpec, load_task
 from medusa_fed.training.evaluate import evaluate
@@ -74,6 +75,9 @@ class MedusaVariant:
     uncontrolled_last: bool = False  # the setting's last team trains freely (uncontrolled)
     refit_epochs: float = 0.0  # > 0: each team re-fits its own head on the final merged encoder
     lr_scale: float = 1.0  # Medusa-branch training at lr_scale * the benchmark's lr (not the probe)
+    # round 1 starts from base + each team's owned probe values, with the probe's head; masked
+    # training gets epochs - probe_epochs (as the coordinator's warm-start)
+    warm_start: bool = False
 
 
 @dataclass
@@ -103,6 +107,9 @@ class BenchConfig:
         MedusaVariant("proportional"),
         MedusaVariant("uncontrolled", uncontrolled_last=True),
     )
+    # only the Medusa variants' cells (no ceiling, floor or baselines): adds variants to earlier
+    # runs of the same seeds, pooled with ``--combine``
+    medusa_only: bool = False
 
 
 @dataclass
@@ -134,7 +141,7 @@ class Bench:
         self.say = progress or (lambda msg: log.info("%s", msg))
         self._data: dict[tuple[str, int], TaskData] = {}
         self._free: dict[tuple[str, int], tuple[StateDict, StateDict]] = {}
-        self._probe: dict[tuple[str, int, float], dict[str, SparseDelta]] = {}
+        self._probe: dict[tuple[str, int, float], ProbeResult] = {}
         self._val: dict[tuple[str, int, str], float] = {}
 
     # ------------------------------------------------------------- cached training
@@ -174,12 +181,12 @@ class Bench:
             self._free[key] = (r.delta, r.head)
         return self._free[key]
 
-    def probe(self, team: str, seed: int, density: float) -> dict[str, SparseDelta]:
+    def probe(self, team: str, seed: int, density: float) -> ProbeResult:
         key = (team, seed, density)
         if key not in self._probe:
             self.say(f"probe {team} (seed {seed}, d={density})")
             cfg = self.train_cfg(seed, self.cfg.probe_epochs)
-            self._probe[key] = probe(self.base, self.data(team, seed), cfg, density=density).sparse
+            self._probe[key] = probe(self.base, self.data(team, seed), cfg, density=density)
         return self._probe[key]
 
     # ------------------------------------------------------------- scoring
@@ -356,9 +363,9 @@ class Bench:
         started = time.monotonic()
         uncontrolled = [teams[-1]] if v.uncontrolled_last else []
         controlled = {t: t not in uncontrolled for t in teams}
-        probes = {t: self.probe(t, seed, v.density) for t in teams}
+        probed = {t: self.probe(t, seed, v.density) for t in teams}
         ownership = assign_ownership(
-            probes,
+            {t: p.sparse for t, p in probed.items()},
             self.shapes,
             controlled,
             policy=v.policy,  # type: ignore[arg-type]
@@ -367,10 +374,22 @@ class Bench:
         )
         heads: dict[str, StateDict | None] = {t: None for t in teams}
         total: dict[str, StateDict] = {}  # each team's summed round deltas (as the coordinator)
-        per_round = self.cfg.epochs / v.rounds
+        if v.warm_start:
+            total = {
+                t: owned_probe(probed[t].sparse, None if t in uncontrolled else ownership.mask(t))
+                for t in teams
+            }
+            heads = {t: probed[t].head for t in teams}
+        epochs = self.cfg.epochs - (self.cfg.probe_epochs if v.warm_start else 0.0)
+        if epochs <= 0:
+            raise ConfigError(
+                f"variant {v.name}: a warm start trains epochs - probe_epochs after the probe, "
+                f"found {self.cfg.epochs} - {self.cfg.probe_epochs}; give epochs > probe_epochs"
+            )
+        per_round = epochs / v.rounds
         for r in range(v.rounds):
             self.say(f"{setting} seed {seed}: {v.name} round {r + 1}/{v.rounds}")
-            start = round_start(self.base_state, total, uncontrolled, seed) if r > 0 else None
+            start = round_start(self.base_state, total, uncontrolled, seed) if total else None
             for t in teams:
                 if t in uncontrolled and v.rounds == 1:
                     total[t], heads[t] = self.free(t, seed)
@@ -411,12 +430,13 @@ class Bench:
         cells: list[Cell] = []
         for seed, teams in itertools.product(self.cfg.seeds, self.cfg.settings):
             setting = "+".join(label(t) for t in teams)
-            cells += self.reference_cells(teams, setting, seed)
-            baselines = self.baseline_cells(teams, setting, seed)
-            cells += baselines
-            refits = sorted({v.refit_epochs for v in self.cfg.variants if v.refit_epochs > 0})
-            for epochs in refits:
-                cells.append(self.refit_baseline_cell(teams, setting, seed, baselines, epochs))
+            if not self.cfg.medusa_only:
+                cells += self.reference_cells(teams, setting, seed)
+                baselines = self.baseline_cells(teams, setting, seed)
+                cells += baselines
+                refits = sorted({v.refit_epochs for v in self.cfg.variants if v.refit_epochs > 0})
+                for epochs in refits:
+                    cells.append(self.refit_baseline_cell(teams, setting, seed, baselines, epochs))
             for v in self.cfg.variants:
                 cell = self.medusa_cell(teams, setting, seed, v)
                 cell.method = f"medusa:{v.name}"

@@ -147,7 +147,7 @@ def test_bench_modes_settings_and_variants():
     from medusa_fed.cli.bench import bench_config
 
     quick = bench_config("quick", "full", "", "")
-    assert [v.name for v in quick.variants] == ["rounds4-refit"]
+    assert [v.name for v in quick.variants] == ["warm-rounds2-refit"]
     assert quick.settings == (("movie", "tweet", "bbc"), ("movie", "tweet", "bbc", "spam"))
     full = bench_config("full", "lora", "", "")
     sizes = [len(s) for s in full.settings]
@@ -189,3 +189,46 @@ def test_benchmark_runs_on_adapters(tiny_bert, tiny_tasks, method):
         "medusa:rounds2-refit",
     ]
     assert all(0.0 <= v <= 1.0 for c in cells for v in c.test.values())
+
+
+def test_warm_variant_trains_what_the_probe_left_and_adds_to_earlier_runs(
+    tiny_bert, tiny_tasks, monkeypatch, tmp_path
+):
+    from medusa_fed.simulations import benchmark
+
+    from medusa_fed.errors import ConfigError
+
+    cfg = _two_teams(
+        tiny_bert,
+        tiny_tasks,
+        epochs=2,
+        medusa_only=True,
+        variants=(VARIANTS["warm-rounds2-refit"],),
+    )
+    rounds: list[tuple[float, bool, bool]] = []
+    real = benchmark.finetune
+
+    def spy(*args, **kwargs):  # type: ignore[no-untyped-def]
+        rounds.append((args[2].epochs, kwargs["start"] is not None, kwargs["head"] is not None))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(benchmark, "finetune", spy)
+    cells = Bench(cfg).run()
+    # only the variant's cell; two rounds of (2 - 1) / 2 epochs per team, each from a merge
+    # (round 1: the owned probe values) and with a head (round 1: the probe's)
+    assert [c.method for c in cells] == ["medusa:warm-rounds2-refit"]
+    assert rounds == [(0.5, True, True)] * 4
+    assert cells[0].params["warm_start"] is True
+    # pooled with an earlier run of the same seed; the same cell twice is refused
+    earlier = [dataclasses.replace(cells[0], method="alone", params={})]
+    bench_report.write(
+        tmp_path / "earlier", earlier, dataclasses.replace(cfg, medusa_only=False), 1.0
+    )
+    bench_report.write(tmp_path / "warm", cells, cfg, 2.0)
+    bench_report.combine([tmp_path / "earlier", tmp_path / "warm"], tmp_path / "all")
+    pooled, _, _ = bench_report.read(tmp_path / "all")
+    assert sorted(c.method for c in pooled) == ["alone", "medusa:warm-rounds2-refit"]
+    with pytest.raises(ValueError, match="come from more than one run"):
+        bench_report.combine([tmp_path / "warm", tmp_path / "warm"], tmp_path / "twice")
+    with pytest.raises(ConfigError, match="give epochs > probe_epochs"):
+        Bench(dataclasses.replace(cfg, epochs=1)).run()

@@ -3,6 +3,7 @@
     medusa bench --mode quick --out runs/bench-quick      # 15 minutes on 2 idle cores
     medusa bench --mode full --out runs/bench-full        # every variant, 3 seeds (many hours)
     medusa bench --combine runs/s0,runs/s1 --out runs/all # one report of runs made apart
+    medusa bench --medusa-only --variants X --seeds 0 --out runs/x-s0  # add a variant to s0
 
 prints the tables (also in ``results.md``) and writes ``results.json``, ``accuracy.png`` and
 ``normalized.png`` to ``--out``.
@@ -23,7 +24,9 @@ from medusa_fed.cli.app import app
 ADAPTER_LR = 1e-3  # the adapters' default learning rate (TrainConfig.lr_for)
 
 
-def bench_config(mode: str, method: str, seeds: str, variants: str):  # type: ignore[no-untyped-def]
+def bench_config(  # type: ignore[no-untyped-def]
+    mode: str, method: str, seeds: str, variants: str, medusa_only: bool = False
+):
     """The BenchConfig of a mode (``quick`` or ``full``), with optional overrides."""
     from medusa_fed.simulations.benchmark import FULL_GRID, BenchConfig
     from medusa_fed.simulations.variants import VARIANTS, default_variants
@@ -55,6 +58,7 @@ def bench_config(mode: str, method: str, seeds: str, variants: str):  # type: ig
                 f"--variants: unknown {unknown}; expected some of {', '.join(VARIANTS)}"
             )
         cfg.variants = tuple(VARIANTS[v] for v in variants.split(","))
+    cfg.medusa_only = medusa_only
     return cfg
 
 
@@ -73,6 +77,14 @@ def bench(
             "mode's); see medusa_fed.simulations.variants."
         ),
     ] = "",
+    medusa_only: Annotated[
+        bool,
+        Option(
+            "--medusa-only",
+            help="Run only the Medusa variants (no ceiling, floor, baselines): to add variants "
+            "to earlier runs of the same seeds, then pool them with --combine.",
+        ),
+    ] = False,
     combine: Annotated[
         str,
         Option(
@@ -94,7 +106,7 @@ def bench(
         typer.echo(path.read_text())
         return
 
-    cfg = bench_config(mode, method, seeds, variants)
+    cfg = bench_config(mode, method, seeds, variants, medusa_only)
     started = time.monotonic()
     cells = Bench(
         cfg,
