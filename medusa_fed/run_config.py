@@ -142,12 +142,13 @@ class RunConfig:
                 raise ConfigError(
                     "warm-start counts the probe in the budget: with max-steps = "
                     f"{self.max_steps} it needs 0 < probe-max-steps < max-steps, found "
-                    f"probe-max-steps = {self.probe_max_steps}"
+                    f"probe-max-steps = {self.probe_max_steps}; set one, or warm-start = false"
                 )
             if not self.max_steps and self.probe_epochs >= self.epochs:
                 raise ConfigError(
                     "warm-start counts the probe in the budget: it needs probe-epochs < epochs, "
-                    f"found probe-epochs = {self.probe_epochs}, epochs = {self.epochs}"
+                    f"found probe-epochs = {self.probe_epochs}, epochs = {self.epochs}; raise "
+                    "epochs, lower probe-epochs, or set warm-start = false"
                 )
         if self.lr < 0:
             raise ConfigError(f"lr must be >= 0 (0 = method default), found {self.lr}")

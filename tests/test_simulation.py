@@ -111,7 +111,7 @@ def test_cli_simulate_inprocess_prints_the_table(tiny_bert, tiny_tasks, tmp_path
             "--max-length",
             "16",
             "--epochs",
-            "1",
+            "2",  # the default warm start: the probe's epoch + one more
             "--lr",
             "0.003",
             "--out",

@@ -61,6 +61,7 @@ def run(tiny_bert, tiny_tasks, tmp_path_factory):  # type: ignore[no-untyped-def
         "1",
         "--probe-epochs",
         "1",
+        "--no-warm-start",  # a one-epoch budget: the probe would use it all
         "--max-train",
         "40",
         "--max-eval",

@@ -10,9 +10,11 @@ restart resumes where it stopped and nothing a team sent is lost. Layout (paths 
     hello/<team>.json                   a team's HELLO reply (fingerprint, task, controlled?)
     probe/<team>.safetensors            a team's top-d probe delta
     ownership.safetensors               the owner id of every parameter element
-    train-round<r>/<team>...            with rounds > 1: round r's reply (delta, head, metrics)
+    train-round<r>/<team>...            rounds > 1 or warm start: round r's reply (delta, head,
+                                        metrics)
     train/<team>.safetensors            a team's fine-tuned delta (owned values, or dense; with
-                                        rounds > 1 the sum of its round deltas)
+                                        rounds > 1 or warm start the sum of its round deltas,
+                                        warm: plus its owned probe values)
     train/<team>.head.safetensors       its own classification head (never merged), if any
     train/<team>.metrics.json           its metrics fine-tuned alone
     baseline/<team>...                  the same for the unmasked fine-tune of post-hoc baselines
