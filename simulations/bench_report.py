@@ -11,7 +11,7 @@ import io
 import json
 import math
 import statistics
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import asdict, fields, replace
 from pathlib import Path
@@ -217,10 +217,7 @@ def combine(dirs: Sequence[Path], out_dir: Path) -> Path:
         seeds += [s for s in c.seeds if s not in seeds]
         variants.update({v.name: v for v in c.variants})
     assert cfg is not None, "combine: no directories given"
-    seen: dict[tuple[str, int, str], int] = {}
-    for c in cells:
-        key = (c.setting, c.seed, c.method)
-        seen[key] = seen.get(key, 0) + 1
+    seen = Counter((c.setting, c.seed, c.method) for c in cells)
     twice = sorted(k for k, n in seen.items() if n > 1)
     if twice:
         raise ValueError(

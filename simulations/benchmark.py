@@ -361,6 +361,12 @@ class Bench:
 
     def medusa_cell(self, teams: Sequence[str], setting: str, seed: int, v: MedusaVariant) -> Cell:
         started = time.monotonic()
+        epochs = self.cfg.epochs - (self.cfg.probe_epochs if v.warm_start else 0.0)
+        if epochs <= 0:
+            raise ConfigError(
+                f"variant {v.name}: a warm start trains epochs - probe_epochs after the probe, "
+                f"found {self.cfg.epochs} - {self.cfg.probe_epochs}; give epochs > probe_epochs"
+            )
         uncontrolled = [teams[-1]] if v.uncontrolled_last else []
         controlled = {t: t not in uncontrolled for t in teams}
         probed = {t: self.probe(t, seed, v.density) for t in teams}
@@ -380,18 +386,12 @@ class Bench:
                 for t in teams
             }
             heads = {t: probed[t].head for t in teams}
-        epochs = self.cfg.epochs - (self.cfg.probe_epochs if v.warm_start else 0.0)
-        if epochs <= 0:
-            raise ConfigError(
-                f"variant {v.name}: a warm start trains epochs - probe_epochs after the probe, "
-                f"found {self.cfg.epochs} - {self.cfg.probe_epochs}; give epochs > probe_epochs"
-            )
         per_round = epochs / v.rounds
         for r in range(v.rounds):
             self.say(f"{setting} seed {seed}: {v.name} round {r + 1}/{v.rounds}")
             start = round_start(self.base_state, total, uncontrolled, seed) if total else None
             for t in teams:
-                if t in uncontrolled and v.rounds == 1:
+                if t in uncontrolled and v.rounds == 1 and not v.warm_start:
                     total[t], heads[t] = self.free(t, seed)
                     continue
                 mask = None if t in uncontrolled else ownership.mask(t)
