@@ -219,8 +219,11 @@ class TeamSite:
         base = base_for(spec_from_settings(settings))
         data = self.data(settings)
         cfg = self.train_config(settings)
+        step = cfg  # masked: owned elements only, at the coordinator's larger shared-tensor step
+        if mask is not None:
+            step = replace(cfg, shared_lr_scale=float(settings.get("masked-lr-scale", 1.0)))
         result = finetune(
-            base, data, cfg, mask=mask, start=start, head=head, desc=f"{branch} {self.team.name}"
+            base, data, step, mask=mask, start=start, head=head, desc=f"{branch} {self.team.name}"
         )
         metrics = {f"train_{k}": float(v) for k, v in result.metrics.items()}
         begin = dict(start) if start is not None else base.shared_state()

@@ -7,6 +7,7 @@ the only place that reads those raw keys; everything deeper takes the frozen dat
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal, get_args
@@ -96,6 +97,10 @@ class RunConfig:
     refit_lr: float = 1e-3
     max_steps: int = 0  # > 0 caps fine-tuning steps (overrides epochs)
     lr: float = 0.0  # 0 = the method's default learning rate
+    # masked training (controlled teams, TRAIN rounds) moves only the team's owned share of the
+    # shared elements; its shared-tensor lr is lr times this (the head's lr, the probe, the
+    # uncontrolled teams and the baselines' branches stay at lr)
+    masked_lr_scale: float = 1.0
     batch_size: int = 16
     max_length: int = 128
     max_train: int = 1000  # examples per team (a team's node config may lower it)
@@ -152,6 +157,11 @@ class RunConfig:
                 )
         if self.lr < 0:
             raise ConfigError(f"lr must be >= 0 (0 = method default), found {self.lr}")
+        if not (self.masked_lr_scale > 0 and math.isfinite(self.masked_lr_scale)):
+            raise ConfigError(
+                f"masked-lr-scale must be > 0 and finite (1 = the lr unchanged), found "
+                f"{self.masked_lr_scale}"
+            )
         if self.merge.method != "medusa" and self.compare:
             raise ConfigError(
                 f"merge = {self.merge.label!r} already runs without ownership; 'compare' is only "

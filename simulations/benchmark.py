@@ -75,6 +75,9 @@ class MedusaVariant:
     uncontrolled_last: bool = False  # the setting's last team trains freely (uncontrolled)
     refit_epochs: float = 0.0  # > 0: each team re-fits its own head on the final merged encoder
     lr_scale: float = 1.0  # Medusa-branch training at lr_scale * the benchmark's lr (not the probe)
+    # masked (controlled) training: the shared tensors' lr times this, the head's lr unchanged
+    # (the coordinator's masked-lr-scale)
+    masked_lr_scale: float = 1.0
     # round 1 starts from base + each team's owned probe values, with the probe's head; masked
     # training gets epochs - probe_epochs (as the coordinator's warm-start)
     warm_start: bool = False
@@ -399,7 +402,12 @@ class Bench:
                 res = finetune(
                     self.base,
                     self.data(t, seed),
-                    replace(cfg, lr=cfg.lr * v.lr_scale),
+                    replace(
+                        cfg,
+                        lr=cfg.lr * v.lr_scale,
+                        head_lr=cfg.lr * v.lr_scale,
+                        shared_lr_scale=1.0 if mask is None else v.masked_lr_scale,
+                    ),
                     mask=mask,
                     start=start,
                     head=heads[t],

@@ -24,6 +24,10 @@ The paper's recipe is ``proportional``; the others change one thing each:
   owns (the coordinator holds them already) with the probe's head, and the rounds train the rest
   of the budget (epochs - probe epochs), so a Medusa team trains exactly as long as a baseline
   branch instead of a probe epoch longer.
+- ``warm-rounds2-refit-mlr2`` / ``-mlr3`` / ``-mlr4``: the warm default with masked training's
+  shared-tensor lr at 2 / 3 / 4 times the lr (the head's lr unchanged; the coordinator's
+  ``masked-lr-scale``). A team trains only its owned share of the elements (about 1 / teams):
+  in quick mode's 32 steps each masked element's step is the bottleneck, not the interference.
 """
 
 from __future__ import annotations
@@ -57,6 +61,16 @@ VARIANTS: dict[str, MedusaVariant] = {
         MedusaVariant("warm-refit", warm_start=True, refit_epochs=1.0),
         MedusaVariant("warm-rounds2-refit", warm_start=True, rounds=2, refit_epochs=1.0),
         MedusaVariant("warm-rounds4-refit", warm_start=True, rounds=4, refit_epochs=1.0),
+        *(
+            MedusaVariant(
+                f"warm-rounds2-refit-mlr{k}",
+                warm_start=True,
+                rounds=2,
+                refit_epochs=1.0,
+                masked_lr_scale=float(k),
+            )
+            for k in (2, 3, 4)
+        ),
     )
 }
 

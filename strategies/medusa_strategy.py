@@ -359,6 +359,7 @@ class MedusaStrategy:
             "rounds": cfg.rounds,
             "branch": branch,
             "head-from": f"train-round{r - 1}" if r > 1 else ("probe" if cfg.warm else ""),
+            "masked-lr-scale": cfg.masked_lr_scale,  # read by controlled teams only
         }
 
         def build(team: str):  # type: ignore[no-untyped-def]

@@ -141,6 +141,29 @@ def test_variant_lr_scale_reaches_branch_training_only(tiny_bert, tiny_tasks, mo
     assert sorted(seen) == [("finetune", 2e-3)] * 4 + [("probe", 1e-3)] * 2
 
 
+def test_variant_masked_lr_scale_reaches_masked_shared_tensors_only(
+    tiny_bert, tiny_tasks, monkeypatch
+):
+    from medusa_fed.simulations import benchmark
+
+    cfg = _two_teams(tiny_bert, tiny_tasks, epochs=2)  # a warm start trains epochs - probe
+    seen: list[tuple[bool, float, float | None, float]] = []  # masked, lr, head lr, shared scale
+    real = benchmark.finetune
+
+    def spy(*args, **kwargs):  # type: ignore[no-untyped-def]
+        c = args[2]
+        seen.append((kwargs.get("mask") is not None, c.lr, c.head_lr, c.shared_lr_scale))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(benchmark, "finetune", spy)
+    variant = dataclasses.replace(
+        VARIANTS["warm-rounds2-refit-mlr3"], refit_epochs=0.0, uncontrolled_last=True
+    )
+    Bench(cfg).medusa_cell(cfg.teams, "alpha+beta", 0, variant)
+    # two rounds; the setting's last team is uncontrolled: unmasked, at the plain lr
+    assert sorted(seen) == [(False, 1e-3, 1e-3, 1.0)] * 2 + [(True, 1e-3, 1e-3, 3.0)] * 2
+
+
 def test_bench_modes_settings_and_variants():
     import typer
 

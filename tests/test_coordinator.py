@@ -401,6 +401,35 @@ def test_floor_head_trains_for_the_whole_budget_when_rounds_split_it(
     assert 1.0 in rounds and 2.0 not in rounds
 
 
+def test_masked_lr_scale_reaches_masked_training_only(tiny_bert, tiny_tasks, tmp_path, monkeypatch):
+    from medusa_fed.clients import team_site
+
+    seen: list[tuple[str, float]] = []  # (kind of training, its shared-tensor lr scale)
+    real = team_site.finetune
+
+    def spy(base, data, cfg, **kwargs):  # type: ignore[no-untyped-def]
+        kind = "floor" if kwargs.get("head_only") else "masked" if kwargs.get("mask") else "free"
+        seen.append((kind, cfg.shared_lr_scale))
+        return real(base, data, cfg, **kwargs)
+
+    monkeypatch.setattr(team_site, "finetune", spy)
+    grid = _grid(tiny_tasks)
+    _run(
+        tiny_bert,
+        tmp_path / "run",
+        grid,
+        epochs=2,
+        rounds=2,
+        compare="ties",
+        **{"masked-lr-scale": 3.0, "eval-before": True},
+    )
+    sent = [dict(m.content["config"]).get("masked-lr-scale") for m in _sent(grid, MSG_TRAIN)]
+    assert sent == [3.0] * 6, sent
+    assert sorted({k for k, _ in seen}) == ["floor", "free", "masked"]
+    assert [s for k, s in seen if k == "masked"] == [3.0] * 6  # 3 teams x 2 rounds
+    assert all(s == 1.0 for k, s in seen if k != "masked")  # baselines' branches, floor heads
+
+
 def test_round_head_continues_the_probe_head_or_starts_fresh_when_it_is_gone():
     site = TeamSite(TeamConfig(name="alpha", task="movie"))
     warm = {"head-from": "probe", "round": 1}

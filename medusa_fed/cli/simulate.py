@@ -69,6 +69,13 @@ def simulate(
         ),
     ] = None,
     lr: Annotated[float, Option(help="Learning rate (0 = 5e-5 full, 1e-3 LoRA/IA3).")] = 0.0,
+    masked_lr_scale: Annotated[
+        float | None,
+        Option(
+            help="Masked training's shared-tensor lr is lr times this; 1 = unchanged "
+            "(default: the run config's)."
+        ),
+    ] = None,
     refit_epochs: Annotated[
         float | None,
         Option(help="Head re-fit epochs on each merged model, 0 = off (default: run config's)."),
@@ -114,6 +121,7 @@ def simulate(
             | ({"rounds": rounds} if rounds is not None else {})
             | ({"refit-epochs": refit_epochs} if refit_epochs is not None else {})
             | ({"warm-start": warm_start} if warm_start is not None else {})
+            | ({"masked-lr-scale": masked_lr_scale} if masked_lr_scale is not None else {})
         )
         team_list = parse_teams(teams, [u.strip() for u in uncontrolled.split(",") if u.strip()])
         if backend not in ("ray", "inprocess"):

@@ -62,6 +62,9 @@ class TrainConfig:
     max_steps: int = 0  # > 0: exactly this many optimizer steps, overriding epochs
     lr: float | None = None  # None: 5e-5 (full) or 1e-3 (lora, ia3)
     head_lr: float | None = None  # None: same as lr; the team head's learning rate
+    # multiplies the shared tensors' learning rate only (the head keeps head_lr, or lr): masked
+    # Medusa training trains a team's owned share of the elements and takes larger steps there
+    shared_lr_scale: float = 1.0
     batch_size: int = 16
     weight_decay: float = 0.01
     optimizer: Optimizer = "adamw"
@@ -80,6 +83,10 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and not value > 0:
                 raise ConfigError(f"{name} must be > 0 (or None for the default), found {value}")
+        if not (self.shared_lr_scale > 0 and math.isfinite(self.shared_lr_scale)):
+            raise ConfigError(
+                f"shared_lr_scale must be > 0 and finite, found {self.shared_lr_scale}"
+            )
         if self.batch_size < 1 or self.max_length < 2:
             raise ConfigError(
                 f"batch_size must be >= 1 and max_length >= 2, found {self.batch_size}, "

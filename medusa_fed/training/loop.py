@@ -95,7 +95,10 @@ def _linear(steps: int, warmup_ratio: float):  # type: ignore[no-untyped-def]
 def _optimizer(team: TeamModel, cfg: TrainConfig, method: Method) -> torch.optim.Optimizer:
     lr = cfg.lr_for(method)
     groups = [
-        {"params": [p for p in team.shared.values() if p.requires_grad], "lr": lr},
+        {
+            "params": [p for p in team.shared.values() if p.requires_grad],
+            "lr": lr * cfg.shared_lr_scale,
+        },
         {"params": [p for p in team.head.values() if p.requires_grad], "lr": cfg.head_lr or lr},
     ]
     groups = [g for g in groups if g["params"]]

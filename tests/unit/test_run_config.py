@@ -26,6 +26,8 @@ from medusa_fed.team_config import TeamConfig
         ({"batch-size": "many"}, "batch-size: cannot use 'many'"),
         ({"probe_density": 0.2}, "unknown run-config keys ['probe_density']"),
         ({"merge": "ties", "compare": "linear"}, "'compare' is only"),
+        ({"masked-lr-scale": 0}, "masked-lr-scale must be > 0 and finite"),
+        ({"masked-lr-scale": "nan"}, "masked-lr-scale must be > 0 and finite"),
     ],
 )
 def test_bad_run_config_names_the_key_and_the_expectation(raw, message):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -119,6 +120,27 @@ def test_same_seed_same_delta_and_start_continuation(tiny: dict[str, Path]) -> N
         keep = ~mask[name]
         assert torch.equal(param.detach()[keep], start[name][keep])
     assert not torch.equal(second.head["classifier.weight"], first.head["classifier.weight"])
+
+
+def test_shared_lr_scale_scales_the_shared_step_and_leaves_the_head(tiny: dict[str, Path]) -> None:
+    # Prepare: one plain SGD step (its update is lr * gradient), with and without the scale
+    base = _base(tiny, "bert", "full")
+    mask = _random_mask(base, seed=3)
+    one = TrainConfig(max_steps=1, lr=1e-2, batch_size=8, weight_decay=0.0, optimizer="sgd")
+    # Execute
+    plain = finetune(base, CLS, one, mask=mask)
+    scaled = finetune(base, CLS, replace(one, shared_lr_scale=3.0), mask=mask)
+    # Assert: the shared step is 3x, the head's step the same, the mask still exact
+    # (a delta is (base + step) - base in fp32: equal to 3x up to the weights' rounding)
+    for name in base.shared_names:
+        assert torch.allclose(scaled.delta[name], 3.0 * plain.delta[name], rtol=1e-3, atol=1e-6)
+        assert bool((scaled.delta[name][~mask[name]] == 0).all()), name
+    norm1, norm3 = (sum(float(d.norm()) for d in r.delta.values()) for r in (plain, scaled))
+    assert norm1 > 0 and norm3 / norm1 == pytest.approx(3.0, rel=1e-3)
+    for name, weight in plain.head.items():
+        assert torch.equal(scaled.head[name], weight), name
+    with pytest.raises(ConfigError, match="shared_lr_scale must be > 0"):
+        TrainConfig(shared_lr_scale=0.0)
 
 
 def test_head_only_trains_the_head_and_keeps_the_space(tiny: dict[str, Path]) -> None:
