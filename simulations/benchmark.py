@@ -78,6 +78,9 @@ class MedusaVariant:
     # masked (controlled) training: the shared tensors' lr times this, the head's lr unchanged
     # (the coordinator's masked-lr-scale)
     masked_lr_scale: float = 1.0
+    # diagnostic: score each team on base + its OWN branch only (no merge), with the same re-fit:
+    # what the mask costs a team, without the other teams' changes
+    isolated: bool = False
     # round 1 starts from base + each team's owned probe values, with the probe's head; masked
     # training gets epochs - probe_epochs (as the coordinator's warm-start)
     warm_start: bool = False
@@ -398,6 +401,8 @@ class Bench:
                     total[t], heads[t] = self.free(t, seed)
                     continue
                 mask = None if t in uncontrolled else ownership.mask(t)
+                if v.isolated and t in total:  # from base + its own branch: no one else's change
+                    start = round_start(self.base_state, {t: total[t]}, uncontrolled, seed)
                 cfg = self.train_cfg(seed, per_round)
                 res = finetune(
                     self.base,
@@ -416,6 +421,10 @@ class Bench:
                 total[t] = add_round(total.get(t), res.delta)
                 heads[t] = res.head
         final_heads = {t: h for t, h in heads.items() if h is not None}
+        if v.isolated:
+            cell = self.isolated_cell(setting, seed, v, total, final_heads)
+            cell.seconds = round(time.monotonic() - started, 1)
+            return cell
 
         def make(scale: float) -> Callable[[], StateDict]:
             spec = MergeSpec("medusa", scale=scale, seed=seed)
@@ -433,6 +442,27 @@ class Bench:
         cell.params.pop("name", None)
         cell.seconds = round(time.monotonic() - started, 1)
         return cell
+
+    def isolated_cell(
+        self,
+        setting: str,
+        seed: int,
+        v: MedusaVariant,
+        total: Mapping[str, StateDict],
+        heads: Mapping[str, StateDict],
+    ) -> Cell:
+        """Each team on base + its own branch only (its head re-fitted as a merge's would be)."""
+        val: dict[str, float] = {}
+        test: dict[str, float] = {}
+        for team, head in heads.items():
+            alone = merge_states(self.base_state, {team: total[team]}, MergeSpec("medusa"))
+            own = {team: head}
+            if v.refit_epochs > 0:
+                own = self.refit(alone, own, seed, v.refit_epochs)
+            val |= self.score(alone, own, seed, "validation")
+            test |= self.score(alone, own, seed, "test")
+        params = {k: x for k, x in asdict(v).items() if k != "name"}
+        return Cell(setting, seed, v.name, params, statistics.fmean(val.values()), test, 0.0)
 
     def run(self) -> list[Cell]:
         cells: list[Cell] = []

@@ -28,6 +28,9 @@ The paper's recipe is ``proportional``; the others change one thing each:
   shared-tensor lr at 2 / 3 / 4 times the lr (the head's lr unchanged; the coordinator's
   ``masked-lr-scale``). A team trains only its owned share of the elements (about 1 / teams):
   in quick mode's 32 steps each masked element's step is the bottleneck, not the interference.
+- ``warm-rounds2-refit-isolated`` / ``-mlr3-isolated`` (a diagnostic, not a merge): each team's
+  branch of the warm default (or its 3x variant) scored on base + that branch alone, head
+  re-fitted: what the mask costs a team without the other teams' changes.
 """
 
 from __future__ import annotations
@@ -70,6 +73,17 @@ VARIANTS: dict[str, MedusaVariant] = {
                 masked_lr_scale=float(k),
             )
             for k in (2, 3, 4)
+        ),
+        *(
+            MedusaVariant(
+                f"warm-rounds2-refit{suffix}-isolated",
+                warm_start=True,
+                rounds=2,
+                refit_epochs=1.0,
+                masked_lr_scale=k,
+                isolated=True,
+            )
+            for suffix, k in (("", 1.0), ("-mlr3", 3.0))
         ),
     )
 }

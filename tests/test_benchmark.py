@@ -7,9 +7,13 @@ import json
 import math
 
 import pytest
+import torch
 from medusa_fed.simulations import bench_report
 from medusa_fed.simulations.benchmark import Bench, BenchConfig
 from medusa_fed.simulations.variants import VARIANTS
+
+from medusa_fed.merging.rounds import owned_probe
+from medusa_fed.ownership import assign_ownership
 
 
 def test_benchmark_runs_every_method_and_writes_tables(tiny_bert, tiny_tasks, tmp_path):
@@ -162,6 +166,46 @@ def test_variant_masked_lr_scale_reaches_masked_shared_tensors_only(
     Bench(cfg).medusa_cell(cfg.teams, "alpha+beta", 0, variant)
     # two rounds; the setting's last team is uncontrolled: unmasked, at the plain lr
     assert sorted(seen) == [(False, 1e-3, 1e-3, 1.0)] * 2 + [(True, 1e-3, 1e-3, 3.0)] * 2
+
+
+def test_isolated_variant_trains_and_scores_each_team_on_its_own_branch(
+    tiny_bert, tiny_tasks, monkeypatch
+):
+    from medusa_fed.simulations import benchmark
+
+    cfg = _two_teams(tiny_bert, tiny_tasks, epochs=2)
+    starts: list[tuple[str, dict]] = []
+    real = benchmark.finetune
+
+    def spy(*args, **kwargs):  # type: ignore[no-untyped-def]
+        starts.append((kwargs["desc"], kwargs["start"]))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(benchmark, "finetune", spy)
+    bench = Bench(cfg)
+    variant = VARIANTS["warm-rounds2-refit-isolated"]
+    cell = bench.medusa_cell(cfg.teams, "alpha+beta", 0, variant)
+    # every round starts from base + the team's OWN branch: round 1 its owned probe values
+    base = bench.base_state
+    probes = {t: bench.probe(t, 0, variant.density) for t in cfg.teams}
+    ownership = assign_ownership(
+        {t: p.sparse for t, p in probes.items()},
+        bench.shapes,
+        {t: True for t in cfg.teams},
+        seed=0,
+    )
+    assert [d.split()[1] for d, _ in starts] == list(cfg.teams) * 2
+    for (desc, start), team in zip(starts[:2], cfg.teams, strict=True):
+        own = owned_probe(probes[team].sparse, ownership.mask(team))
+        for n, b in base.items():
+            assert torch.equal(start[n], b + own[n]), (desc, n)
+    for (desc, start), team in zip(starts[2:], cfg.teams, strict=True):
+        (other,) = (t for t in cfg.teams if t != team)
+        theirs = ownership.mask(other)
+        for n, b in base.items():  # round 2: the other team's elements still at the base
+            assert torch.equal(start[n][theirs[n]], b[theirs[n]]), (desc, n)
+    assert set(cell.test) == {benchmark.label(t) for t in cfg.teams}
+    assert cell.params["isolated"] is True and cell.method == variant.name
 
 
 def test_bench_modes_settings_and_variants():
