@@ -395,14 +395,14 @@ class Bench:
         per_round = epochs / v.rounds
         for r in range(v.rounds):
             self.say(f"{setting} seed {seed}: {v.name} round {r + 1}/{v.rounds}")
-            start = round_start(self.base_state, total, uncontrolled, seed) if total else None
+            start = round_start(self.base_state, total, uncontrolled) if total else None
             for t in teams:
                 if t in uncontrolled and v.rounds == 1 and not v.warm_start:
                     total[t], heads[t] = self.free(t, seed)
                     continue
                 mask = None if t in uncontrolled else ownership.mask(t)
                 if v.isolated and t in total:  # from base + its own branch: no one else's change
-                    start = round_start(self.base_state, {t: total[t]}, uncontrolled, seed)
+                    start = round_start(self.base_state, {t: total[t]}, uncontrolled)
                 cfg = self.train_cfg(seed, per_round)
                 res = finetune(
                     self.base,
@@ -427,7 +427,7 @@ class Bench:
             return cell
 
         def make(scale: float) -> Callable[[], StateDict]:
-            spec = MergeSpec("medusa", scale=scale, seed=seed)
+            spec = MergeSpec("medusa", scale=scale)
             return lambda: merge_states(self.base_state, total, spec, uncontrolled=uncontrolled)
 
         cell = self.choose(

@@ -332,7 +332,7 @@ class MedusaStrategy:
         active team's total delta so far."""
         deltas = {t: d for t, d in total.items() if t in self.roster.active}
         uncontrolled = [t for t in deltas if not self.roster.controlled(t)]
-        return round_start(self.base_state, deltas, uncontrolled, self.config.seed)
+        return round_start(self.base_state, deltas, uncontrolled)
 
     def _train_round(
         self,

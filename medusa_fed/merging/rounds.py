@@ -29,10 +29,10 @@ def round_start(
     base: Mapping[str, torch.Tensor],
     totals: Mapping[str, Mapping[str, torch.Tensor]],
     uncontrolled: Collection[str] = (),
-    seed: int = 0,
 ) -> StateDict:
-    """Shared weights the next round starts from: the Medusa merge of the branches so far."""
-    return merge_states(base, totals, MergeSpec("medusa", seed=seed), uncontrolled=uncontrolled)
+    """Shared weights the next round starts from: the Medusa merge of the branches so far (the
+    merge draws nothing at random, so it takes no seed)."""
+    return merge_states(base, totals, MergeSpec("medusa"), uncontrolled=uncontrolled)
 
 
 def owned_probe(
