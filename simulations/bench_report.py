@@ -108,7 +108,11 @@ def markdown(cells: Sequence[Cell], cfg: BenchConfig, wall_s: float) -> str:
         lines.append(
             f"- {v.name}: policy={v.policy}, unselected={v.unselected}, probe d="
             f"{v.density:g}, rounds={v.rounds}, scale in {list(v.scales)}"
+            + (", warm start" if v.warm_start else "")
+            + (f", lr x{v.lr_scale:g}" if v.lr_scale != 1.0 else "")
+            + (f", masked shared lr x{v.masked_lr_scale:g}" if v.masked_lr_scale != 1.0 else "")
             + (", last team uncontrolled" if v.uncontrolled_last else "")
+            + (", isolated (each team on base + its own branch, no merge)" if v.isolated else "")
             + (
                 f", head re-fit {v.refit_epochs:g} epoch(s), lr {cfg.refit_lr:g}"
                 if v.refit_epochs
