@@ -6,6 +6,7 @@ in-process backend must give the same merged model for the same seed.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -114,6 +115,8 @@ def test_cli_simulate_inprocess_prints_the_table(tiny_bert, tiny_tasks, tmp_path
             "2",  # the default warm start: the probe's epoch + one more
             "--lr",
             "0.003",
+            "--masked-lr-scale",
+            "2",
             "--out",
             str(tmp_path / "r"),
         ],
@@ -121,12 +124,16 @@ def test_cli_simulate_inprocess_prints_the_table(tiny_bert, tiny_tasks, tmp_path
     assert result.exit_code == 0, result.output
     assert "task_arithmetic" in result.output and "average" in result.output
     assert (tmp_path / "r" / "report.json").is_file()
+    stored = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert stored["run"]["masked-lr-scale"] == 2.0, stored["run"]
 
 
 def test_cli_simulate_bad_config_exits_with_the_reason(tmp_path: Path):
     result = CliRunner().invoke(app, ["simulate", "--merge", "nope", "--out", str(tmp_path)])
     assert result.exit_code == 2
     assert "unknown merge method 'nope'" in result.output
+    result = CliRunner().invoke(app, ["simulate", "--masked-lr-scale", "0", "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "masked-lr-scale must be > 0" in result.output
 
 
 def test_missing_data_file_fails_before_anything_starts(tiny_bert, tiny_run_config, tmp_path):
