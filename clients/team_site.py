@@ -1,10 +1,11 @@
 """One team's site: its private data, the base model it loaded, and what it does in each stage.
 
-Plain Python over the training engine (no Flower types beyond ``RecordDict`` for the node's
-state), so the ClientApp stays a thin translation layer. The base model and the team's data are
-loaded once per process and cached; the team's classification heads (one per branch) live in the
-node's Flower state between TRAIN and EVAL, so evaluation of a merged model uses the head the team
-trained with it.
+Plain Python over the training engine: :meth:`TeamSite.handle` takes a typed request of
+``medusa_fed.protocol`` and returns its typed reply, so the ClientApp (Flower) and the in-process
+transport serve the same code (no Flower types beyond ``RecordDict`` for the node's state).
+The base model and the team's data are loaded once per process and cached; the team's
+classification heads (one per branch) live in the node's Flower state between TRAIN and EVAL, so
+evaluation of a merged model uses the head the team trained with it.
 """
 
 from __future__ import annotations
@@ -17,19 +18,35 @@ from typing import Any
 import torch
 from flwr.app import Context, RecordDict
 
-from medusa_fed.codec import decode_dense, encode_dense
-from medusa_fed.codec.records import arrays_from_record, record_from_arrays
-from medusa_fed.deltas import SparseDelta, StateDict
-from medusa_fed.errors import ConfigError, MedusaError
-from medusa_fed.protocol import PROTOCOL_VERSION
-from medusa_fed.team_config import TeamConfig
-from medusa_fed.training.branch import (
-    BranchResult,
-    finetune,
-    num_labels_of,
-    probe,
-    refit_head,
+from medusa_fed.codec import (
+    decode_dense,
+    decode_mask,
+    encode_dense,
+    encode_owned_values,
+    encode_sparse_delta,
 )
+from medusa_fed.codec.layout import Payload
+from medusa_fed.codec.records import arrays_from_record, record_from_arrays
+from medusa_fed.deltas import StateDict
+from medusa_fed.errors import ConfigError, MedusaError
+from medusa_fed.protocol import (
+    PROTOCOL_VERSION,
+    BranchReply,
+    EvalReply,
+    EvalRequest,
+    FreeRequest,
+    HelloReply,
+    HelloRequest,
+    ProbeReply,
+    ProbeRequest,
+    Reply,
+    Request,
+    Sender,
+    Settings,
+    TrainRequest,
+)
+from medusa_fed.team_config import TeamConfig
+from medusa_fed.training.branch import BranchResult, finetune, num_labels_of, probe, refit_head
 from medusa_fed.training.config import ModelSpec, TrainConfig
 from medusa_fed.training.data import TaskData, TaskSpec, describe, load_task
 from medusa_fed.training.evaluate import evaluate
@@ -39,17 +56,6 @@ log = logging.getLogger(__name__)
 
 _BASES: dict[ModelSpec, BaseModel] = {}
 _DATA: dict[tuple[Any, ...], TaskData] = {}
-SPEC_KEYS = ("model", "model-family", "method")
-
-
-def spec_from_settings(settings: Mapping[str, Any]) -> ModelSpec:
-    """The ModelSpec the coordinator names in a request (every request carries it)."""
-    missing = [k for k in SPEC_KEYS if k not in settings]
-    if missing:
-        raise ConfigError(f"request names no {', '.join(missing)}; expected {SPEC_KEYS}")
-    return ModelSpec(
-        source=str(settings["model"]), family=settings["model-family"], method=settings["method"]
-    )
 
 
 def base_for(spec: ModelSpec) -> BaseModel:
@@ -84,15 +90,17 @@ class TeamSite:
             self.state = RecordDict()
 
     # ---------------------------------------------------------------- helpers
-    def data(self, settings: Mapping[str, Any]) -> TaskData:
+    def data(self, settings: Settings) -> TaskData:
         """The team's data, split with the run's seed and capped by the run's and team's limits."""
-        family = settings.get("model-family", "encoder-classifier")
-        kind = "classification" if family == "encoder-classifier" else "language-modeling"
-        caps = [int(settings.get("max-train", 0)) or None, self.team.max_train]
+        kind = (
+            "classification"
+            if settings.model_family == "encoder-classifier"
+            else "language-modeling"
+        )
+        caps = [settings.max_train or None, self.team.max_train]
         max_train = min((c for c in caps if c), default=None)
-        max_eval = int(settings.get("max-eval", 0)) or None
-        seed = int(settings.get("seed", 0))
-        key = (self.team, kind, max_train, max_eval, seed)
+        max_eval = settings.max_eval or None
+        key = (self.team, kind, max_train, max_eval, settings.seed)
         if key not in _DATA:
             _DATA[key] = load_task(
                 TaskSpec(
@@ -103,25 +111,14 @@ class TeamSite:
                     max_train=max_train,
                     max_validation=max_eval,
                     max_test=max_eval,
-                    seed=seed,
+                    seed=settings.seed,
                 )
             )
         return _DATA[key]
 
     @staticmethod
-    def train_config(settings: Mapping[str, Any]) -> TrainConfig:
-        """The budget and optimizer the coordinator asked for (0 / absent = the default)."""
-        return TrainConfig(
-            epochs=float(settings.get("epochs", 1.0)),
-            max_steps=int(settings.get("max-steps", 0)),
-            lr=float(settings.get("lr", 0.0)) or None,
-            batch_size=int(settings.get("batch-size", 16)),
-            max_length=int(settings.get("max-length", 128)),
-            seed=int(settings.get("seed", 0)),
-        )
-
-    def shapes_for(self, settings: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
-        return base_for(spec_from_settings(settings)).shapes
+    def base(settings: Settings) -> BaseModel:
+        return base_for(settings.model_spec())
 
     def _keep_head(self, branch: str, head: StateDict) -> None:
         assert self.state is not None
@@ -134,94 +131,141 @@ class TeamSite:
             return None
         return decode_dense(arrays_from_record(self.state[key]), None)  # type: ignore[arg-type]
 
-    def round_head(
-        self, settings: Mapping[str, Any], sent: StateDict | None = None
-    ) -> StateDict | None:
-        """The head a multi-round TRAIN continues (``settings['head-from']`` names the previous
-        round's branch): the one this site kept, else the copy the coordinator sent; None in
-        round 1 (a fresh head). A site that holds neither cannot continue its branch."""
-        previous = str(settings.get("head-from", ""))
+    def round_head(self, request: TrainRequest) -> StateDict | None:
+        """The head a multi-round TRAIN continues (``head_from`` names the previous round's
+        branch): the one this site kept, else the copy the coordinator sent; None in round 1 (a
+        fresh head). A site that holds neither cannot continue its branch."""
+        previous = request.head_from
         if not previous:
             return None
         head = self.kept_head(previous)
-        if head is None:
-            head = sent
+        if head is None and request.head is not None:
+            head = decode_dense(request.head, None)
         if head is None and previous == "probe":  # warm start; the probe head never leaves
             log.warning(
                 "team %r: the probe's head is gone (site restarted?); round 1 starts a fresh head",
                 self.team.name,
             )
             return None
-        family = settings.get("model-family", "encoder-classifier")
-        if head is None and family == "encoder-classifier":
+        if head is None and request.settings.model_family == "encoder-classifier":
             raise MedusaError(
-                f"team {self.team.name!r}: round {settings.get('round')} continues the head of "
+                f"team {self.team.name!r}: round {request.round} continues the head of "
                 f"{previous!r}, which this site no longer holds (restarted?) and the coordinator "
                 "did not send (the team does not share its head: share-head = false)"
             )
         return head
 
-    def sender(self, settings: Mapping[str, Any]) -> dict[str, str]:
-        """Who made a payload: the team and the fingerprint of the base it started from."""
-        return {
-            "team": self.team.name,
-            "fingerprint": base_for(spec_from_settings(settings)).fingerprint(),
-        }
+    def sender(self, settings: Settings) -> Sender:
+        """Who made a payload: this team and the fingerprint of the base it started from."""
+        return Sender(self.team.name, self.base(settings).fingerprint())
 
     # ---------------------------------------------------------------- stages
-    def hello(self, settings: Mapping[str, Any]) -> dict[str, Any]:
+    def handle(self, request: Request) -> Reply:
+        """Answer one request of the protocol (every transport calls this)."""
+        if isinstance(request, HelloRequest):
+            return self.hello(request)
+        if isinstance(request, ProbeRequest):
+            return self.probe(request)
+        if isinstance(request, TrainRequest):
+            return self.train(request)
+        if isinstance(request, FreeRequest):
+            return self.free(request)
+        if isinstance(request, EvalRequest):
+            return self.evaluate(request)
+        raise MedusaError(f"expected a request of medusa_fed.protocol, found {type(request)}")
+
+    def hello(self, request: HelloRequest) -> HelloReply:
         """Load the base named by the coordinator and describe this team (no data leaves)."""
-        if int(settings.get("protocol", -1)) != PROTOCOL_VERSION:
+        if request.protocol != PROTOCOL_VERSION:
             raise ConfigError(
-                f"coordinator speaks protocol {settings.get('protocol')!r}, this team site "
+                f"coordinator speaks protocol {request.protocol!r}, this team site "
                 f"speaks {PROTOCOL_VERSION}; install the same medusa-fed version at both ends"
             )
-        base = base_for(spec_from_settings(settings))
-        data = self.data(settings)
+        base = self.base(request.settings)
+        data = self.data(request.settings)
         num_labels_of(base, data)  # task and model family must agree
         sizes = describe(data)
-        return {
-            "team": self.team.name,
-            "task": str(sizes.get("name", data.name)),
-            "controlled": self.team.controlled,
-            "fingerprint": base.fingerprint(),
-            "labels": list(data.labels) or ["-"],
-            "train-size": len(data.train),
-            "test-size": len(data.test),
-            "protocol": PROTOCOL_VERSION,
-        }
+        return HelloReply(
+            team=self.team.name,
+            task=str(sizes.get("name", data.name)),
+            controlled=self.team.controlled,
+            fingerprint=base.fingerprint(),
+            labels=tuple(data.labels) or ("-",),
+            train_size=len(data.train),
+            test_size=len(data.test),
+            protocol=PROTOCOL_VERSION,
+        )
 
-    def probe(self, settings: Mapping[str, Any]) -> tuple[dict[str, SparseDelta], dict[str, float]]:
+    def probe(self, request: ProbeRequest) -> ProbeReply:
         """The probe: a short unmasked fine-tune from the base, top-d of each tensor's delta."""
-        base = base_for(spec_from_settings(settings))
-        data = self.data(settings)
-        cfg = self.train_config(settings)
-        density = float(settings.get("density", 0.2))
-        result = probe(base, data, cfg, density=density)
+        settings = request.settings
+        base = self.base(settings)
+        result = probe(base, self.data(settings), settings.train_config(), density=request.density)
         if result.head:  # a warm-started round 1 continues it (warm-start = true)
             self._keep_head("probe", result.head)
-        return result.sparse, {k: float(v) for k, v in result.metrics.items()}
+        return ProbeReply(
+            sender=self.sender(settings),
+            delta=encode_sparse_delta(result.sparse),
+            metrics={k: float(v) for k, v in result.metrics.items()},
+        )
+
+    def train(self, request: TrainRequest) -> BranchReply:
+        """One TRAIN round: masked (owned values back, in mask order) or, for an uncontrolled
+        team, free (its dense delta back)."""
+        shapes = self.base(request.settings).shapes
+        mask = decode_mask(request.mask, shapes) if request.mask is not None else None
+        start = decode_dense(request.start, shapes) if request.start is not None else None
+        head = self.round_head(request)
+        result = self.finetune(
+            request.settings,
+            mask,
+            branch=request.branch,
+            start=start,
+            head=head,
+            shared_lr_scale=request.masked_lr_scale,
+            budget=(request.budget_epochs, request.budget_max_steps),
+        )
+        payload = encode_owned_values(result.delta, mask) if mask is not None else None
+        return self._branch_reply(request.settings, payload, result)
+
+    def free(self, request: FreeRequest) -> BranchReply:
+        """An unmasked fine-tune from the base (the compared post-hoc merges' branch)."""
+        result = self.finetune(request.settings, None, branch="baseline")
+        return self._branch_reply(request.settings, None, result)
+
+    def _branch_reply(
+        self, settings: Settings, payload: Payload | None, result: BranchResult
+    ) -> BranchReply:
+        return BranchReply(
+            sender=self.sender(settings),
+            delta=payload if payload is not None else encode_dense(result.delta),
+            head=encode_dense(result.head) if self.team.share_head and result.head else None,
+            metrics=dict(result.metrics),
+        )
 
     def finetune(
         self,
-        settings: Mapping[str, Any],
+        settings: Settings,
         mask: Mapping[str, torch.Tensor] | None,
         branch: str,
         start: Mapping[str, torch.Tensor] | None = None,
         head: Mapping[str, torch.Tensor] | None = None,
+        shared_lr_scale: float = 1.0,
+        budget: tuple[float, int] | None = None,
     ) -> BranchResult:
         """(Masked) fine-tune from ``start`` (default: the base); metrics of the team alone.
 
         The returned metrics carry ``alone_*`` (this branch on the team's test split) and, when
-        the run asks for it (``eval-before``), ``before_*``: the base encoder with a head trained
-        alone for the same budget (the floor every merge must beat).
+        the run asks for it (``eval_before``), ``before_*``: the base encoder with a head trained
+        alone for the whole budget (``budget``: epochs, max steps; default this request's), the
+        floor every merge must beat.
         """
-        base = base_for(spec_from_settings(settings))
+        base = self.base(settings)
         data = self.data(settings)
-        cfg = self.train_config(settings)
+        cfg = settings.train_config()
         step = cfg  # masked: owned elements only, at the coordinator's larger shared-tensor step
         if mask is not None:
-            step = replace(cfg, shared_lr_scale=float(settings.get("masked-lr-scale", 1.0)))
+            step = replace(cfg, shared_lr_scale=shared_lr_scale)
         result = finetune(
             base, data, step, mask=mask, start=start, head=head, desc=f"{branch} {self.team.name}"
         )
@@ -230,13 +274,10 @@ class TeamSite:
         tuned = {n: begin[n] + d for n, d in result.delta.items()}
         alone = self._test(base, data, tuned, result.head, cfg, f"alone {self.team.name}")
         metrics |= {f"alone_{k}": float(v) for k, v in alone.items()}
-        if bool(settings.get("eval-before", False)) and self.kept_head("floor") is None:
-            budget = replace(  # a round trains for part of the budget; the floor for all of it
-                cfg,
-                epochs=float(settings.get("budget-epochs", cfg.epochs)),
-                max_steps=int(settings.get("budget-max-steps", cfg.max_steps)),
-            )
-            floor = finetune(base, data, budget, head_only=True, desc=f"floor {self.team.name}")
+        if settings.eval_before and self.kept_head("floor") is None:
+            epochs, max_steps = budget or (cfg.epochs, cfg.max_steps)
+            whole = replace(cfg, epochs=epochs, max_steps=max_steps)  # a round is part of it
+            floor = finetune(base, data, whole, head_only=True, desc=f"floor {self.team.name}")
             self._keep_head("floor", floor.head)
             before = self._test(base, data, None, floor.head, cfg, f"floor {self.team.name}")
             metrics |= {f"before_{k}": float(v) for k, v in before.items()}
@@ -265,51 +306,50 @@ class TeamSite:
             desc=desc,
         )
 
-    def evaluate_merged(
-        self,
-        settings: Mapping[str, Any],
-        shared: Mapping[str, torch.Tensor],
-        head: Mapping[str, torch.Tensor] | None = None,
-    ) -> tuple[dict[str, float], StateDict | None]:
-        """Score merged shared weights with the head this team trained in ``settings['branch']``.
+    def evaluate(self, request: EvalRequest) -> EvalReply:
+        """Score merged shared weights with the head this team trained in ``request.branch``, on
+        the requested split.
 
-        With ``refit-epochs`` > 0 the head is first trained further on the frozen merged encoder
-        (the team's training split, ``refit-lr``); returns the metrics and that re-fitted head
-        (None without a re-fit)."""
-        base = base_for(spec_from_settings(settings))
+        With ``refit_epochs`` > 0 the head is first trained further on the frozen merged encoder
+        (the team's training split, ``refit_lr``); the reply carries that head if the team shares
+        heads."""
+        settings = request.settings
+        base = self.base(settings)
         data = self.data(settings)
-        branch = str(settings.get("branch", "train"))
-        kept = self.kept_head(branch)
-        head = kept if kept is not None else head
+        shared = decode_dense(request.shared, base.shapes)
+        kept = self.kept_head(request.branch)
+        head = kept
+        if head is None and request.head is not None:
+            head = decode_dense(request.head, None)
         labels = num_labels_of(base, data)
         if labels is not None and head is None:
             raise MedusaError(
-                f"team {self.team.name!r} has no {branch} head to evaluate with: this site did "
-                "not run that stage in this process and the coordinator sent none"
+                f"team {self.team.name!r} has no {request.branch} head to evaluate with: this "
+                "site did not run that stage in this process and the coordinator sent none"
             )
         refit = None
-        epochs = float(settings.get("refit-epochs", 0.0))
-        if epochs > 0 and labels is not None:
+        if request.refit_epochs > 0 and labels is not None:
             cfg = replace(
-                self.train_config(settings),
-                epochs=epochs,
+                settings.train_config(),
+                epochs=request.refit_epochs,
                 max_steps=0,
-                lr=float(settings.get("refit-lr", 1e-3)),
+                lr=request.refit_lr,
             )
-            label = settings.get("method-label", "")
-            refit = refit_head(base, data, cfg, shared, head, f"refit {label} {self.team.name}")
+            desc = f"refit {request.method_label} {self.team.name}"
+            refit = refit_head(base, data, cfg, shared, head, desc)
             head = refit
         metrics = evaluate(
             base,
             shared,
             head,
-            data.test,
+            getattr(data, request.split),
             num_labels=labels,
             batch_size=32,
-            max_length=int(settings.get("max-length", 128)),
-            desc=f"eval {settings.get('method-label', '')} {self.team.name}",
+            max_length=settings.max_length,
+            desc=f"eval {request.method_label} {self.team.name}",
         )
-        return metrics, refit
+        sent = encode_dense(refit) if refit is not None and self.team.share_head else None
+        return EvalReply(metrics=metrics, head=sent)
 
 
 def show_progress() -> None:

@@ -10,60 +10,12 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Literal, get_args
+from typing import Any, get_args
 
 from medusa_fed.errors import ConfigError
-from medusa_fed.merging.spec import MethodName
-
-Method = Literal["full", "lora", "ia3"]
-Family = Literal["encoder-classifier", "causal-lm"]
-Policy = Literal["proportional", "argmax", "balanced"]
-Unselected = Literal["random", "frozen"]
-MERGE_METHODS: tuple[str, ...] = get_args(MethodName)
-
-
-@dataclass(frozen=True)
-class MergeChoice:
-    """One merge method with its settings, parsed from ``name[:key=value...]``.
-
-    Examples: ``medusa``, ``ties:density=0.2:scale=1.0``, ``dare_ties:drop_rate=0.9``.
-    """
-
-    method: str
-    params: tuple[tuple[str, float], ...] = ()
-
-    @classmethod
-    def parse(cls, text: str) -> MergeChoice:
-        name, *parts = [p.strip() for p in text.strip().split(":")]
-        name = name.replace("-", "_")
-        if name not in MERGE_METHODS:
-            raise ConfigError(
-                f"unknown merge method {name!r}; expected one of {', '.join(MERGE_METHODS)}"
-            )
-        params: list[tuple[str, float]] = []
-        for part in parts:
-            key, sep, value = part.partition("=")
-            key = key.strip().replace("-", "_")
-            if not sep or key not in ("scale", "density", "drop_rate", "seed"):
-                raise ConfigError(
-                    f"merge setting {part!r} in {text!r}: expected key=value with key one of "
-                    "scale, density, drop_rate, seed"
-                )
-            try:
-                params.append((key, float(value)))
-            except ValueError:
-                raise ConfigError(
-                    f"merge setting {part!r} in {text!r}: value is not a number"
-                ) from None
-        return cls(name, tuple(params))
-
-    @property
-    def label(self) -> str:
-        """A name for tables and directories: ``ties`` or ``ties(density=0.1)``."""
-        if not self.params:
-            return self.method
-        inner = ",".join(f"{k}={v:g}" for k, v in self.params)
-        return f"{self.method}({inner})"
+from medusa_fed.merging.spec import MergeChoice
+from medusa_fed.ownership.assign import Policy, Unselected
+from medusa_fed.training.config import Family, Method
 
 
 @dataclass(frozen=True)
@@ -111,7 +63,7 @@ class RunConfig:
     seed: int = 0
     out_dir: str = "runs/latest"
     # branch store the run is imported into when it ends (medusa log / merge / export read it):
-    # "" = <out-dir>/../.medusa-store (runs/.medusa-store by default), "off" = not imported
+    # "" = $MEDUSA_STORE or ./runs/.medusa-store (where `medusa log` looks too), "off" = none
     store: str = ""
 
     def __post_init__(self) -> None:
@@ -242,15 +194,11 @@ class RunConfig:
         out: dict[str, Any] = {}
         for key, value in asdict(self).items():
             if key == "merge":
-                value = _choice_text(self.merge)
+                value = self.merge.label
             elif key == "compare":
-                value = ",".join(_choice_text(c) for c in self.compare)
+                value = ",".join(c.label for c in self.compare)
             out[key.replace("_", "-")] = value
         return out
-
-
-def _choice_text(c: MergeChoice) -> str:
-    return ":".join([c.method, *(f"{k}={v:g}" for k, v in c.params)])
 
 
 def _parse_bool(key: str, value: Any) -> bool:

@@ -8,7 +8,7 @@ fresh process so its peak RSS (VmHWM) is its own:
   output file of the base's size: the floor any merge that reads and writes these files pays;
 - ``medusa`` / ``ties``: the same reads, the streamed per-tensor merge, the same write.
 
-    python -m medusa_fed.simulations.bench_merge --elements 10000000 100000000 500000000
+    python -m simulations.bench_merge --elements 10000000 100000000 500000000
 
 prints seconds, GB/s of input read, peak RSS, and the ratio merge / io per size and method.
 """
@@ -27,11 +27,11 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import torch
-from medusa_fed.simulations.bench_ownership import transformer_shapes
 from safetensors import safe_open
 from safetensors.torch import save_file
 
 from medusa_fed.merging import MergeSpec, merge_tensor
+from simulations.bench_ownership import transformer_shapes
 
 
 def peak_rss_bytes() -> int:
@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> None:
                     [
                         sys.executable,
                         "-m",
-                        "medusa_fed.simulations.bench_merge",
+                        "simulations.bench_merge",
                         "--child",
                         str(root),
                         mode,

@@ -6,7 +6,7 @@ tensors of a transformer (embeddings + layers of attention, FFN, biases, norms) 
 are the k probes' dense fp32 size (k x elements x 4), and the same bytes copied with ``copy_``
 in this run, so the ratio says how far assignment is from memory bandwidth.
 
-    python -m medusa_fed.simulations.bench_ownership --elements 100000000 --teams 4
+    python -m simulations.bench_ownership --elements 100000000 --teams 4
 """
 
 from __future__ import annotations

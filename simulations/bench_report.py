@@ -17,7 +17,7 @@ from dataclasses import asdict, fields, replace
 from pathlib import Path
 from typing import Any
 
-from medusa_fed.store.atomic import atomic_write
+from medusa_fed.rundir.atomic import atomic_write
 
 from .benchmark import BenchConfig, Cell
 
@@ -56,12 +56,13 @@ def markdown(cells: Sequence[Cell], cfg: BenchConfig, wall_s: float) -> str:
     lines = [
         "# Merged-model quality: Medusa against post-hoc merges",
         "",
-        f"Base all-MiniLM-L6-v2, {cfg.method} fine-tuning, {cfg.max_train} train / "
-        f"{cfg.max_validation} validation / {cfg.max_test} test examples per task, "
+        f"Base {cfg.model}, {cfg.method} fine-tuning, {cfg.max_train} train / "
+        f"{cfg.max_eval} validation / {cfg.max_eval} test examples per task, "
         f"{cfg.epochs:g} epochs, lr {cfg.lr:g}, batch {cfg.batch_size}, max length "
         f"{cfg.max_length}, probe {cfg.probe_epochs:g} epoch; seeds {seeds}. Test accuracy "
         "(%), mean ± std over seeds; `norm` = merged / alone accuracy averaged over teams. "
-        "Hyperparameters chosen on validation (grid below). "
+        "Every row is a run of the coordinator's pipeline; a compared merge's settings are "
+        "chosen on validation (grid below) and every merge gets the head re-fit of the run. "
         f"Wall time {wall_s / 60:.1f} min.",
         "",
     ]
@@ -95,29 +96,12 @@ def markdown(cells: Sequence[Cell], cfg: BenchConfig, wall_s: float) -> str:
             lines.append("| " + " | ".join(row) + " |")
         lines.append("")
     lines += ["## Grid searched on validation", ""]
-    for method, grid in cfg.grid.items():
-        lines.append(
-            f"- {method}: "
-            + (
-                "; ".join(
-                    ",".join(f"{k}={v:g}" for k, v in p.items()) or "(no parameters)" for p in grid
-                )
-            )
-        )
+    lines += [f"- `{choice}`" for choice in cfg.grid]
+    lines += ["", "## Medusa variants (run-config overrides on the coordinator's defaults)", ""]
     for v in cfg.variants:
+        keys = ", ".join(f"{k}={val}" for k, val in v.overrides) or "(none: the default)"
         lines.append(
-            f"- {v.name}: policy={v.policy}, unselected={v.unselected}, probe d="
-            f"{v.density:g}, rounds={v.rounds}, scale in {list(v.scales)}"
-            + (", warm start" if v.warm_start else "")
-            + (f", lr x{v.lr_scale:g}" if v.lr_scale != 1.0 else "")
-            + (f", masked shared lr x{v.masked_lr_scale:g}" if v.masked_lr_scale != 1.0 else "")
-            + (", last team uncontrolled" if v.uncontrolled_last else "")
-            + (", isolated (each team on base + its own branch, no merge)" if v.isolated else "")
-            + (
-                f", head re-fit {v.refit_epochs:g} epoch(s), lr {cfg.refit_lr:g}"
-                if v.refit_epochs
-                else ""
-            )
+            f"- {v.name}: {keys}" + (", last team uncontrolled" if v.uncontrolled_last else "")
         )
     return "\n".join(lines) + "\n"
 
@@ -187,8 +171,10 @@ def read(out_dir: Path) -> tuple[list[Cell], BenchConfig, float]:
     data = json.loads(path.read_text())
     raw = dict(data["config"])
     raw["variants"] = tuple(
-        MedusaVariant(**{**v, "scales": tuple(v["scales"])}) for v in raw["variants"]
+        MedusaVariant(v["name"], tuple(tuple(o) for o in v["overrides"]), v["uncontrolled_last"])
+        for v in raw["variants"]
     )
+    raw["grid"] = tuple(raw["grid"])
     raw["teams"] = tuple(raw["teams"])
     raw["settings"] = tuple(tuple(t) for t in raw["settings"])
     raw["seeds"] = tuple(raw["seeds"])
@@ -209,7 +195,7 @@ def combine(dirs: Sequence[Path], out_dir: Path) -> Path:
     for d in dirs:
         more, c, w = read(d)
         if cfg is not None:
-            free = ("seeds", "variants", "medusa_only")
+            free = ("seeds", "variants", "medusa_only", "out")
             mine = {k: v for k, v in asdict(c).items() if k not in free}
             theirs = {k: v for k, v in asdict(cfg).items() if k not in free}
             diff = sorted(k for k in mine if mine[k] != theirs[k])

@@ -1,6 +1,6 @@
 """Masked vs unmasked fine-tuning step on the bundled MiniLM: time ratio and memory.
 
-Run: ``python -m medusa_fed.simulations.bench_training [--steps 12] [--density 0.333]``
+Run: ``python -m simulations.bench_training [--steps 12] [--density 0.333]``
 (about 2 minutes on 2 CPU cores). Two identical team models train on the same batches, steps
 interleaved (unmasked, masked, unmasked, ...) so machine load hits both alike; the table gives
 the median step time of each and their ratio, for full fine-tuning and LoRA, and the median

@@ -1,9 +1,10 @@
 """A Flower Grid that delivers messages to ClientApps in this same process, one after another.
 
 It runs the real ServerApp logic and the real ClientApp handlers with real Flower Messages, only
-without Ray or a SuperLink: the unit tests of the strategy use it (fast, deterministic), and so
-does the benchmark, where Ray's process overhead would only add noise. Nodes can be told to fail
-or stay silent, to exercise the coordinator's handling of errors and timeouts.
+without Ray or a SuperLink: the tests of the coordinator's Flower path use it (fast,
+deterministic). Nodes can be told to fail, stay silent or have their replies tampered with, to
+exercise the coordinator's handling of errors and timeouts. (``medusa simulate --backend
+inprocess`` and the benchmark skip Flower altogether: ``medusa_fed.pipeline.DirectTransport``.)
 """
 
 from __future__ import annotations

@@ -1,10 +1,11 @@
 """A local multi-team Medusa run on Flower's simulation engine (Ray), or in-process without Ray.
 
 Each virtual SuperNode is one team: node ``partition-id`` i runs the real ClientApp with the i-th
-:class:`TeamConfig` (its own data, controlled or not); the real ServerApp runs MedusaStrategy.
-On a 2-core machine each ClientApp gets 1 CPU, so two teams train at a time.
+:class:`TeamConfig` (its own data, controlled or not); the real ServerApp runs the pipeline over
+Flower's Grid. On a 2-core machine each ClientApp gets 1 CPU, so two teams train at a time. The
+in-process backend runs the same pipeline over the same TeamSites, without Flower or Ray.
 
-    from medusa_fed.simulations.simulate import simulate, parse_teams
+    from simulations.simulate import simulate, parse_teams
     report = simulate(RunConfig(...), parse_teams("movie,tweet,bbc", uncontrolled=()))
 """
 
@@ -12,15 +13,17 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 from flwr.app import Context
 
+from clients.team_site import TeamSite, show_progress
 from medusa_fed.errors import ConfigError
+from medusa_fed.pipeline import DirectTransport
 from medusa_fed.run_config import RunConfig
-from medusa_fed.store.run_dir import RunDir
+from medusa_fed.rundir.run_dir import RunDir
 from medusa_fed.team_config import TeamConfig
 
 log = logging.getLogger(__name__)
@@ -83,15 +86,18 @@ def preflight(teams: Sequence[TeamConfig]) -> None:
             )
 
 
-def _site_factory(teams: Sequence[TeamConfig]):  # type: ignore[no-untyped-def]
-    from medusa_fed.clients.team_site import TeamSite, show_progress
-
+def _site_factory(teams: Sequence[TeamConfig]) -> Callable[[Context], TeamSite]:
     def site(context: Context) -> TeamSite:
         show_progress()
         pid = int(context.node_config["partition-id"])
         return TeamSite(teams[pid], context.state)
 
     return site
+
+
+def inprocess_transport(teams: Sequence[TeamConfig]) -> DirectTransport:
+    """One TeamSite per team in this process, node ids 1..n in ``teams`` order."""
+    return DirectTransport({i + 1: TeamSite(team).handle for i, team in enumerate(teams)})
 
 
 def simulate(
@@ -113,8 +119,8 @@ def simulate(
     cpus_per_team : float (default: 1.0)
         Ray client resources per ClientApp (1 CPU suits a 2-core machine).
     """
-    from medusa_fed.clients.client_app import make_client_app
-    from medusa_fed.strategies.server_app import make_server_app
+    from clients.client_app import make_client_app
+    from strategies.server_app import make_server_app
 
     if len(teams) < config.min_teams:
         raise ConfigError(
@@ -131,16 +137,12 @@ def simulate(
         config.out_dir,
     )
     if backend == "inprocess":
-        from medusa_fed.simulations.inprocess_grid import InProcessGrid
-        from medusa_fed.strategies.medusa_strategy import MedusaStrategy, model_spec
-
+        from medusa_fed.pipeline import run_pipeline
         from medusa_fed.training import load_base
+        from strategies.medusa_strategy import model_spec
 
-        configs = {
-            i + 1: {"partition-id": i, "num-partitions": len(teams)} for i in range(len(teams))
-        }
-        grid = InProcessGrid(client_app, configs)
-        return MedusaStrategy(config, load_base(model_spec(config))).run(grid)
+        outcome = run_pipeline(config, load_base(model_spec(config)), inprocess_transport(teams))
+        return outcome.report()
 
     from flwr.simulation import run_simulation
 

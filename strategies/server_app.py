@@ -36,13 +36,13 @@ def make_server_app(
         try:
             cfg = config if config is not None else RunConfig.from_mapping(context.run_config)
             base = load_base(model_spec(cfg))
-            report = MedusaStrategy(cfg, base).run(grid)
+            outcome = MedusaStrategy(cfg, base).run(grid)
         except BaseException as exc:
             log.error("run stopped: %s: %s", type(exc).__name__, exc)
             if errors is not None:
                 errors.append(exc)
             raise
-        log.info("report written to %s\n%s", cfg.out_dir, render_table(report))
+        log.info("report written to %s\n%s", cfg.out_dir, render_table(outcome.report()))
 
     return app
 

@@ -10,16 +10,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from medusa_fed.clients.client_app import make_client_app
-from medusa_fed.clients.team_site import TeamSite
-from medusa_fed.simulations.inprocess_grid import InProcessGrid
-from medusa_fed.strategies.medusa_strategy import MedusaStrategy, model_spec
 from transformers import AutoModelForSequenceClassification
 
+from clients.client_app import make_client_app
+from clients.team_site import TeamSite
 from medusa_fed import codec
 from medusa_fed.codec.records import arrays_from_record
 from medusa_fed.errors import ConfigError, MedusaError
 from medusa_fed.ownership import OwnershipMap
+from medusa_fed.pipeline.probe import load_probes
 from medusa_fed.protocol import (
     ARRAYS_KEY,
     HEAD_KEY,
@@ -28,10 +27,14 @@ from medusa_fed.protocol import (
     MSG_PROBE,
     MSG_TRAIN,
     START_KEY,
+    Settings,
+    TrainRequest,
 )
-from medusa_fed.store.run_dir import RunDir
+from medusa_fed.rundir.run_dir import RunDir
 from medusa_fed.team_config import TeamConfig
 from medusa_fed.training import load_base
+from simulations.inprocess_grid import InProcessGrid
+from strategies.medusa_strategy import MedusaStrategy, model_spec
 
 
 def _grid(
@@ -59,7 +62,7 @@ def _run(
 ) -> tuple[dict, MedusaStrategy]:
     cfg = _config(model, out, **overrides)
     strategy = MedusaStrategy(cfg, load_base(model_spec(cfg)))
-    return strategy.run(grid), strategy
+    return strategy.run(grid).report(), strategy
 
 
 def _sent(grid: InProcessGrid, message_type: str) -> list:
@@ -92,18 +95,18 @@ def test_full_run_every_stage_and_exact_three_way_merge(tiny_bert, tiny_tasks, t
     ownership = OwnershipMap.load(run.file_path("ownership.safetensors"))
     masks = {}
     for message in _sent(grid, MSG_TRAIN):
-        team = strategy.roster.team_of(message.metadata.dst_node_id)
+        team = strategy.state.roster.team_of(message.metadata.dst_node_id)
         masks[team] = codec.decode_mask(
-            arrays_from_record(message.content[ARRAYS_KEY]), strategy.shapes
+            arrays_from_record(message.content[ARRAYS_KEY]), strategy.state.shapes
         )
         for name, m in masks[team].items():
             assert torch.equal(m, ownership.mask(team)[name])
-    for name in strategy.shapes:
+    for name in strategy.state.shapes:
         stacked = torch.stack([masks[t][name] for t in sorted(masks)]).int()
         assert int(stacked.sum(0).max()) <= 1  # disjoint
     # merged == base + sum of owned deltas, bit for bit
     merged, _ = run.read_tensors("merged/medusa/shared.safetensors")
-    base = strategy.base.shared_state()
+    base = strategy.state.base.shared_state()
     deltas = {t: run.read_tensors(f"train/{t}.safetensors")[0] for t in tiny_tasks}
     for name, b in base.items():
         expected = b.clone()
@@ -135,14 +138,16 @@ def test_merged_team_model_loads_with_from_pretrained(tiny_bert, tiny_tasks, tmp
 def test_uncontrolled_team_gets_no_mask_and_is_sign_elected(tiny_bert, tiny_tasks, tmp_path):
     grid = _grid(tiny_tasks, uncontrolled=("gamma",))
     report, strategy = _run(tiny_bert, tmp_path / "run", grid)
-    train = {strategy.roster.team_of(m.metadata.dst_node_id): m for m in _sent(grid, MSG_TRAIN)}
+    train = {
+        strategy.state.roster.team_of(m.metadata.dst_node_id): m for m in _sent(grid, MSG_TRAIN)
+    }
     assert ARRAYS_KEY not in train["gamma"].content  # no mask: trains freely
     assert ARRAYS_KEY in train["alpha"].content
     gamma = next(t for t in report["teams"] if t["name"] == "gamma")
     assert gamma["controlled"] is False and gamma["owned_share"] is None
     ownership = OwnershipMap.load(tmp_path / "run/ownership.safetensors")
     assert ownership.owned_count("gamma") == 0
-    stats = strategy.merge_stats["medusa"]["totals"]
+    stats = strategy.state.merge_stats["medusa"]["totals"]
     assert stats["overlap"] > 0  # the free branch overlaps the owners' elements
     assert stats["sign_elected"] == stats["overlap"]
 
@@ -152,7 +157,7 @@ def test_team_with_missing_data_is_left_out_and_the_run_goes_on(tiny_bert, tiny_
     report, strategy = _run(tiny_bert, tmp_path / "run", _grid(tiny_tasks, extra=extra))
     reasons = " ".join(r["reason"] for r in report["rejections"])
     assert "nowhere.csv" in reasons
-    assert sorted(strategy.roster.active) == ["alpha", "beta", "gamma"]
+    assert sorted(strategy.state.roster.active) == ["alpha", "beta", "gamma"]
     assert report["methods"] == ["medusa"]
 
 
@@ -160,7 +165,7 @@ def test_silent_team_times_out_in_hello_and_is_reported(tiny_bert, tiny_tasks, t
     report, strategy = _run(
         tiny_bert, tmp_path / "run", _grid(tiny_tasks, silent={2}), **{"stage-timeout-s": 1}
     )
-    assert sorted(strategy.roster.active) == ["alpha", "gamma"]
+    assert sorted(strategy.state.roster.active) == ["alpha", "gamma"]
     assert any("no reply" in r["reason"] for r in report["rejections"])
 
 
@@ -185,7 +190,7 @@ def test_baseline_only_run_skips_probe_and_masks(tiny_bert, tiny_tasks, tmp_path
     report, _ = _run(tiny_bert, tmp_path / "run", grid, merge="ties:density=0.5", epochs=1)
     assert _sent(grid, MSG_PROBE) == [] and _sent(grid, MSG_TRAIN) == []
     assert len(_sent(grid, MSG_FREE)) == 3
-    assert report["methods"] == ["ties(density=0.5)"]
+    assert report["methods"] == ["ties:density=0.5"]
     assert all(t["owned_share"] is None for t in report["teams"])
 
 
@@ -212,16 +217,18 @@ def test_two_rounds_continue_from_the_merge_with_the_same_masks(tiny_bert, tiny_
     for m in sent:
         settings = dict(m.content["config"])
         assert settings["epochs"] == 1.0
-        by_round[int(settings["round"])][strategy.roster.team_of(m.metadata.dst_node_id)] = m
+        by_round[int(settings["round"])][strategy.state.roster.team_of(m.metadata.dst_node_id)] = m
     assert all(START_KEY not in m.content for m in by_round[1].values())
-    base = strategy.base.shared_state()
+    base = strategy.state.base.shared_state()
     rounds = {
         r: {t: run.read_tensors(f"train-round{r}/{t}.safetensors")[0] for t in tiny_tasks}
         for r in (1, 2)
     }
     ownership = OwnershipMap.load(run.file_path("ownership.safetensors"))
     for team, message in by_round[2].items():
-        start = codec.decode_dense(arrays_from_record(message.content[START_KEY]), strategy.shapes)
+        start = codec.decode_dense(
+            arrays_from_record(message.content[START_KEY]), strategy.state.shapes
+        )
         for name, b in base.items():
             expected = b.clone()
             for t in sorted(tiny_tasks):
@@ -269,15 +276,15 @@ def test_warm_start_round_one_starts_from_the_owned_probe_values(
     # Assert: the rounds train the other two epochs, round 1 from base + owned probe values
     run = RunDir(tmp_path / "run", readonly=True)
     ownership = OwnershipMap.load(run.file_path("ownership.safetensors"))
-    base = strategy.base.shared_state()
-    probes = strategy._load_probes()
+    base = strategy.state.base.shared_state()
+    probes = load_probes(strategy.state)
     owned = {t: {n: probes[t][n].to_dense() * ownership.mask(t)[n] for n in base} for t in probes}
     round1 = [m for m in _sent(grid, MSG_TRAIN) if dict(m.content["config"])["round"] == 1]
     assert len(round1) == 3
     for m in round1:
         settings = dict(m.content["config"])
         assert settings["epochs"] == 2.0 / rounds and settings["head-from"] == "probe"
-        start = codec.decode_dense(arrays_from_record(m.content[START_KEY]), strategy.shapes)
+        start = codec.decode_dense(arrays_from_record(m.content[START_KEY]), strategy.state.shapes)
         for name, b in base.items():
             expected = b.clone()
             for t in sorted(tiny_tasks):
@@ -304,12 +311,12 @@ def test_rounds_with_an_uncontrolled_team(tiny_bert, tiny_tasks, tmp_path):
     gamma = [
         m
         for m in _sent(grid, MSG_TRAIN)
-        if strategy.roster.team_of(m.metadata.dst_node_id) == "gamma"
+        if strategy.state.roster.team_of(m.metadata.dst_node_id) == "gamma"
     ]
     assert len(gamma) == 2 and all(ARRAYS_KEY not in m.content for m in gamma)
     assert START_KEY in gamma[1].content
     assert all(t["status"] == "ok" for t in report["teams"])
-    assert strategy.merge_stats["medusa"]["totals"]["sign_elected"] > 0
+    assert strategy.state.merge_stats["medusa"]["totals"]["sign_elected"] > 0
 
 
 @pytest.mark.parametrize(
@@ -382,7 +389,7 @@ def test_head_refit_in_eval_for_every_method(tiny_bert, tiny_tasks, tmp_path):
 def test_floor_head_trains_for_the_whole_budget_when_rounds_split_it(
     tiny_bert, tiny_tasks, tmp_path, monkeypatch
 ):
-    from medusa_fed.clients import team_site
+    from clients import team_site
 
     budgets: list[tuple[bool, float]] = []
     real = team_site.finetune
@@ -402,7 +409,7 @@ def test_floor_head_trains_for_the_whole_budget_when_rounds_split_it(
 
 
 def test_masked_lr_scale_reaches_masked_training_only(tiny_bert, tiny_tasks, tmp_path, monkeypatch):
-    from medusa_fed.clients import team_site
+    from clients import team_site
 
     seen: list[tuple[str, float]] = []  # (kind of training, its shared-tensor lr scale)
     real = team_site.finetune
@@ -430,12 +437,17 @@ def test_masked_lr_scale_reaches_masked_training_only(tiny_bert, tiny_tasks, tmp
     assert all(s == 1.0 for k, s in seen if k != "masked")  # baselines' branches, floor heads
 
 
+def _round(r: int, head_from: str) -> TrainRequest:
+    settings = Settings("m", "encoder-classifier", "full", 1.0, 0, 0.0, 8, 16, 10, 10, 0, False)
+    return TrainRequest(settings, r, 2, "train", head_from, 1.0, 1.0, 0)
+
+
 def test_round_head_continues_the_probe_head_or_starts_fresh_when_it_is_gone():
     site = TeamSite(TeamConfig(name="alpha", task="movie"))
-    warm = {"head-from": "probe", "round": 1}
+    warm = _round(1, "probe")
     assert site.round_head(warm) is None  # restarted after its probe: a fresh head, no error
     head = {"classifier.weight": torch.ones(2, 4)}
     site._keep_head("probe", head)
     assert torch.equal(site.round_head(warm)["classifier.weight"], head["classifier.weight"])
     with pytest.raises(MedusaError, match="no longer holds"):  # a lost round head still fails
-        site.round_head({"head-from": "train-round1", "round": 2})
+        site.round_head(_round(2, "train-round1"))

@@ -33,7 +33,6 @@ import torch
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_ssh_private_key, load_ssh_public_key
-from medusa_fed.simulations.simulate import parse_teams, simulate
 from typer.testing import CliRunner
 
 from medusa_fed.cli import app as cli
@@ -44,7 +43,8 @@ from medusa_fed.deploy.certs import (
 )
 from medusa_fed.errors import ConfigError
 from medusa_fed.run_config import RunConfig
-from medusa_fed.store.run_dir import RunDir
+from medusa_fed.rundir.run_dir import RunDir
+from simulations.simulate import parse_teams, simulate
 
 REPO = Path(__file__).resolve().parents[1]
 APP = REPO / "deploy" / "app"

@@ -14,14 +14,15 @@ import numpy as np
 import pytest
 import torch
 from flwr.app import ConfigRecord, Message
-from medusa_fed.clients.client_app import make_client_app
-from medusa_fed.simulations.inprocess_grid import InProcessGrid
-from medusa_fed.strategies.medusa_strategy import MedusaStrategy, model_spec
 
+from clients.client_app import make_client_app
 from medusa_fed.codec.records import arrays_from_record, record_from_arrays
+from medusa_fed.pipeline import run as pipeline_run
 from medusa_fed.protocol import ARRAYS_KEY, CONFIG_KEY, HEAD_KEY, MSG_EVAL, MSG_PROBE, MSG_TRAIN
-from medusa_fed.store.run_dir import RunDir
+from medusa_fed.rundir.run_dir import RunDir
 from medusa_fed.training import load_base
+from simulations.inprocess_grid import InProcessGrid
+from strategies.medusa_strategy import MedusaStrategy, model_spec
 
 BAD = 2  # node 2 is team "beta"
 Tamper = Callable[[int, Message, Message], list[Message]]
@@ -49,7 +50,7 @@ def run(tiny_bert, tiny_tasks, tiny_run_config, tmp_path):  # type: ignore[no-un
             **{"eval-before": False, "stage-timeout-s": 1, **overrides},
         )
         strategy = MedusaStrategy(cfg, load_base(model_spec(cfg)))
-        return strategy.run(grid), strategy, grid
+        return strategy.run(grid).report(), strategy, grid
 
     return go
 
@@ -170,7 +171,7 @@ def assert_merged_from(run_dir: Path, strategy: MedusaStrategy, teams: list[str]
     """merged/medusa == base + the stored deltas of ``teams`` exactly."""
     store = RunDir(run_dir, readonly=True)
     merged, _ = store.read_tensors("merged/medusa/shared.safetensors")
-    base = strategy.base.shared_state()
+    base = strategy.state.base.shared_state()
     deltas = [store.read_tensors(f"train/{t}.safetensors")[0] for t in teams]
     for name, b in base.items():
         expected = b.clone()
@@ -192,8 +193,8 @@ def test_bad_train_payload_is_rejected_and_the_others_merge(run, tmp_path, case)
     assert_merged_from(run_dir, strategy, ["alpha", "gamma"])
     # beta's owned elements stayed at the base
     merged, _ = RunDir(run_dir, readonly=True).read_tensors("merged/medusa/shared.safetensors")
-    base = strategy.base.shared_state()
-    mask = strategy.ownership.mask("beta")  # type: ignore[union-attr]
+    base = strategy.state.base.shared_state()
+    mask = strategy.state.ownership.mask("beta")  # type: ignore[union-attr]
     for name in base:
         assert torch.equal(merged[name][mask[name]], base[name][mask[name]])
 
@@ -209,7 +210,7 @@ def test_bad_probe_payload_leaves_the_team_out_and_the_run_goes_on(run, tmp_path
     report, strategy, _ = run(on(BAD, MSG_PROBE, edit_arrays(_nan)))
     beta = next(t for t in report["teams"] if t["name"] == "beta")
     assert beta["status"].startswith("left out: probe")
-    assert "beta" not in strategy.ownership.teams  # type: ignore[union-attr]
+    assert "beta" not in strategy.state.ownership.teams  # type: ignore[union-attr]
     assert_merged_from(tmp_path / "run", strategy, ["alpha", "gamma"])
 
 
@@ -224,7 +225,7 @@ def test_late_team_in_train_is_merged_on_resume_bit_identical(run, tmp_path):
     # ... and when the coordinator resumes with beta back, only beta trains
     report2, strategy2, grid = run(out=tmp_path / "late")
     trained = [
-        strategy2.roster.team_of(m.metadata.dst_node_id)
+        strategy2.state.roster.team_of(m.metadata.dst_node_id)
         for m in grid.sent
         if m.metadata.message_type == MSG_TRAIN
     ]
@@ -250,16 +251,17 @@ def test_coordinator_crash_in_each_stage_resumes_without_redoing_stored_work(
     run, tmp_path, monkeypatch, stage
 ):
     run(out=tmp_path / "clean")
-    original = getattr(MedusaStrategy, stage)
+    name = {"merge": "merge_and_choose"}.get(stage, stage)
+    original = getattr(pipeline_run, name)
 
-    def crash(self, *args):  # type: ignore[no-untyped-def]
-        original(self, *args)  # the stage stores its outputs, then the process dies
+    def crash(*args):  # type: ignore[no-untyped-def]
+        original(*args)  # the stage stores its outputs, then the process dies
         raise Crash(stage)
 
-    monkeypatch.setattr(MedusaStrategy, stage, crash)
+    monkeypatch.setattr(pipeline_run, name, crash)
     with pytest.raises(Crash):
         run(out=tmp_path / "crashed")
-    monkeypatch.setattr(MedusaStrategy, stage, original)
+    monkeypatch.setattr(pipeline_run, name, original)
     report, _, grid = run(out=tmp_path / "crashed")
     asked = {m.metadata.message_type for m in grid.sent}
     if stage in ("probe", "assign", "train", "merge", "evaluate"):
@@ -284,7 +286,7 @@ def test_corrupt_stored_payload_is_detected_and_asked_again(run, tmp_path):
     path.write_bytes(bytes(raw))
     report, strategy, grid = run()
     trained = [
-        strategy.roster.team_of(m.metadata.dst_node_id)
+        strategy.state.roster.team_of(m.metadata.dst_node_id)
         for m in grid.sent
         if m.metadata.message_type == MSG_TRAIN
     ]

@@ -11,14 +11,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from medusa_fed.simulations.simulate import parse_teams, simulate
 from typer.testing import CliRunner
 
 from medusa_fed.cli import app
 from medusa_fed.errors import ConfigError
-from medusa_fed.store.run_dir import RunDir
+from medusa_fed.rundir.run_dir import RunDir
 from medusa_fed.training import load_base
 from medusa_fed.training.config import ModelSpec
+from simulations.simulate import parse_teams, simulate
 
 
 @pytest.fixture(scope="module")

@@ -17,14 +17,14 @@ from transformers import AutoModelForSequenceClassification
 from typer.testing import CliRunner
 
 from medusa_fed.cli import app
+from medusa_fed.history import objects as store_objects
+from medusa_fed.history.branches import Store
+from medusa_fed.history.describe import ownership_of
+from medusa_fed.history.importer import import_run
+from medusa_fed.history.join import join_after_merge
+from medusa_fed.history.values import delta_of, values_of
 from medusa_fed.ownership.ownership_map import NO_OWNER
-from medusa_fed.store import objects as store_objects
-from medusa_fed.store.branches import Store
-from medusa_fed.store.describe import ownership_of
-from medusa_fed.store.importer import import_run
-from medusa_fed.store.join import join_after_merge
-from medusa_fed.store.run_dir import RunDir
-from medusa_fed.store.values import delta_of, values_of
+from medusa_fed.rundir.run_dir import RunDir
 from medusa_fed.training.config import ModelSpec, TrainConfig
 from medusa_fed.training.data import TaskSpec, load_task
 from medusa_fed.training.tiny_models import WORDS
@@ -40,7 +40,7 @@ def cli(*args: str) -> str:
 
 @pytest.fixture(scope="module")
 def run(tiny_bert, tiny_tasks, tmp_path_factory):  # type: ignore[no-untyped-def]
-    """``medusa simulate --out <tmp>/runs/x`` (in-process); its store: <tmp>/runs/.medusa-store."""
+    """``medusa simulate --out <tmp>/runs/x --store <tmp>/runs/.medusa-store`` (in-process)."""
     out = tmp_path_factory.mktemp("store-run") / "runs" / "x"
     teams = ",".join(f"{n}={p}" for n, p in sorted(tiny_tasks.items()))
     cli(
@@ -73,6 +73,8 @@ def run(tiny_bert, tiny_tasks, tmp_path_factory):  # type: ignore[no-untyped-def
         "--lr",
         "0.003",
         "--no-eval-before",
+        "--store",
+        str(out.parent / ".medusa-store"),
     )
     return out, out.parent / ".medusa-store"
 
@@ -175,7 +177,7 @@ def test_merge_from_ids_and_yaml_with_another_method(run, tmp_path) -> None:  # 
     )
     assert "identical to a merge already in the store" in text  # DARE drops are seeded
     assert (tmp_path / "yml" / "medusa.json").is_file()
-    assert "dare_linear(drop_rate=0.5)" in cli("log", "--store", str(store_dir))
+    assert "dare_linear:drop_rate=0.5" in cli("log", "--store", str(store_dir))
 
 
 def test_show_and_diff(run) -> None:  # type: ignore[no-untyped-def]
@@ -279,7 +281,7 @@ def test_crash_in_the_middle_of_an_import_leaves_the_store_readable(
             raise KeyboardInterrupt("killed")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr("medusa_fed.store.importer.add_merge", crash_on_second_merge)
+    monkeypatch.setattr("medusa_fed.history.importer.add_merge", crash_on_second_merge)
     with pytest.raises(KeyboardInterrupt):
         import_run(out, store_dir)
     monkeypatch.undo()
@@ -337,8 +339,8 @@ def test_partial_run_imports_what_it_has(run, tmp_path) -> None:  # type: ignore
 
 
 def test_medusa_merge_sign_elects_an_uncontrolled_branch_like_the_run(tiny_bert, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from medusa_fed.history.remerge import merge_branches
     from medusa_fed.merging import MergeSpec, merge_states
-    from medusa_fed.store.remerge import merge_branches
     from medusa_fed.training.models import load_base
 
     base = load_base(ModelSpec(source=str(tiny_bert)))
@@ -364,3 +366,33 @@ def test_medusa_merge_sign_elects_an_uncontrolled_branch_like_the_run(tiny_bert,
     expected = merge_states(start, deltas, MergeSpec("medusa"), uncontrolled=["gamma"])
     assert all(torch.equal(outcome.values[n], expected[n]) for n in expected)
     assert outcome.report["totals"]["sign_elected"] > 0
+
+
+def test_a_run_outside_runs_is_found_by_log_without_flags(
+    tiny_bert, tiny_tasks, tmp_path, monkeypatch
+) -> None:
+    """One rule for where the history lives, the same for writing and reading: a run with
+    ``--out`` anywhere is imported into ./runs/.medusa-store (or $MEDUSA_STORE), where a plain
+    ``medusa log`` looks."""
+    # Prepare: a project folder as the current directory, the run directory elsewhere
+    project = tmp_path / "project"
+    project.mkdir()
+    monkeypatch.chdir(project)
+    monkeypatch.delenv("MEDUSA_STORE", raising=False)
+    elsewhere = tmp_path / "scratch" / "exp1"
+    teams = ",".join(f"{n}={p}" for n, p in sorted(tiny_tasks.items())[:2])
+    # Execute
+    cli(
+        "simulate", "--teams", teams, "--model", str(tiny_bert), "--backend", "inprocess",
+        "--out", str(elsewhere), "--epochs", "2", "--rounds", "1", "--refit-epochs", "0",
+        "--max-train", "16", "--max-eval", "8", "--max-length", "16", "--batch-size", "8",
+        "--no-eval-before",
+    )  # fmt: skip
+    # Assert: written where a plain `medusa log` reads, and found by it
+    assert (project / "runs/.medusa-store").is_dir()
+    assert not (tmp_path / "scratch/.medusa-store").exists()
+    text = cli("log")
+    assert str(elsewhere) in text and "complete" in text
+    monkeypatch.setenv("MEDUSA_STORE", str(tmp_path / "env-store"))  # the same rule, moved
+    moved = runner.invoke(app, ["log"])
+    assert moved.exit_code != 0 and "env-store" in moved.output

@@ -28,8 +28,8 @@ def bench_config(  # type: ignore[no-untyped-def]
     mode: str, method: str, seeds: str, variants: str, medusa_only: bool = False
 ):
     """The BenchConfig of a mode (``quick`` or ``full``), with optional overrides."""
-    from medusa_fed.simulations.benchmark import FULL_GRID, BenchConfig
-    from medusa_fed.simulations.variants import VARIANTS, default_variants
+    from simulations.benchmark import FULL_GRID, BenchConfig
+    from simulations.variants import VARIANTS, default_variants
 
     if mode not in ("quick", "full"):
         raise typer.BadParameter(f"--mode: expected quick or full, found {mode!r}")
@@ -43,9 +43,9 @@ def bench_config(  # type: ignore[no-untyped-def]
         pairs, triples = itertools.combinations(tasks, 2), itertools.combinations(tasks, 3)
         cfg.settings = (*pairs, *triples, tasks)
         cfg.seeds = (0, 1, 2)
-        cfg.max_train, cfg.max_validation, cfg.max_test = 1000, 300, 500
+        cfg.max_train, cfg.max_eval = 1000, 500
         cfg.max_length = 128
-        cfg.grid = dict(FULL_GRID)
+        cfg.grid = FULL_GRID
         cfg.variants = tuple(VARIANTS.values())
     else:
         cfg.variants = default_variants()
@@ -73,8 +73,7 @@ def bench(
     variants: Annotated[
         str,
         Option(
-            help="Comma-separated Medusa variants (default: the "
-            "mode's); see medusa_fed.simulations.variants."
+            help="Comma-separated Medusa variants (default: the mode's); see simulations.variants."
         ),
     ] = "",
     medusa_only: Annotated[
@@ -94,8 +93,8 @@ def bench(
     ] = "",
 ) -> None:
     """Benchmark merged-model quality on the bundled tasks and write tables and plots."""
-    from medusa_fed.simulations import bench_report
-    from medusa_fed.simulations.benchmark import Bench
+    from simulations import bench_report
+    from simulations.benchmark import Bench
 
     if combine:
         try:
@@ -107,6 +106,7 @@ def bench(
         return
 
     cfg = bench_config(mode, method, seeds, variants, medusa_only)
+    cfg.out = str(out)
     started = time.monotonic()
     cells = Bench(
         cfg,

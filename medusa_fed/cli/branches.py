@@ -55,8 +55,8 @@ def merge(
 ) -> None:
     """Merge stored branches with any merge method; record the merge; optionally export it."""
     from medusa_fed.errors import MedusaError
-    from medusa_fed.store.branches import Store
-    from medusa_fed.store.remerge import (
+    from medusa_fed.history.branches import Store
+    from medusa_fed.history.remerge import (
         export_object,
         load_merge_config,
         make_spec,
@@ -119,8 +119,8 @@ def export(
 ) -> None:
     """Write a branch or merge as a Hugging Face model directory (or PEFT adapter dir)."""
     from medusa_fed.errors import MedusaError
-    from medusa_fed.store.branches import Store
-    from medusa_fed.store.remerge import export_object
+    from medusa_fed.history.branches import Store
+    from medusa_fed.history.remerge import export_object
 
     try:
         with Store(store_dir(store), readonly=True) as opened:
@@ -155,9 +155,9 @@ def join(
 ) -> None:
     """A new team trains the elements earlier teams left free and merges onto the result."""
     from medusa_fed.errors import MedusaError
-    from medusa_fed.store.branches import Store
-    from medusa_fed.store.join import JoinPolicy, join_after_merge
-    from medusa_fed.store.values import base_model
+    from medusa_fed.history.branches import Store
+    from medusa_fed.history.join import JoinPolicy, join_after_merge
+    from medusa_fed.history.values import base_model
     from medusa_fed.training.config import TrainConfig
     from medusa_fed.training.data import TaskKind, TaskSpec, load_task
 

@@ -31,7 +31,7 @@ ModelOption = Annotated[
 
 def store_dir(store: Path | None) -> Path:
     """The ``--store`` value or the default store path."""
-    from medusa_fed.store.branches import default_store_path
+    from medusa_fed.history.branches import default_store_path
 
     return store if store is not None else default_store_path()
 
@@ -49,8 +49,8 @@ def import_(
 ) -> None:
     """Import run directories into the store (idempotent: a second import adds only news)."""
     from medusa_fed.errors import MedusaError
-    from medusa_fed.store.branches import Store
-    from medusa_fed.store.importer import import_run
+    from medusa_fed.history.branches import Store
+    from medusa_fed.history.importer import import_run
 
     target = store_dir(store)
     try:
@@ -71,8 +71,8 @@ def import_(
 def log(store: StoreOption = None) -> None:
     """Show the history as a tree: base -> runs -> ownership, branches, merges, with metrics."""
     from medusa_fed.errors import MedusaError
-    from medusa_fed.store.branches import Store
-    from medusa_fed.store.history import render_log
+    from medusa_fed.history.branches import Store
+    from medusa_fed.history.log import render_log
 
     try:
         with Store(store_dir(store), readonly=True) as opened:
@@ -88,8 +88,8 @@ def show(
 ) -> None:
     """Show one object: ownership share per layer, conflicts and metrics."""
     from medusa_fed.errors import MedusaError
-    from medusa_fed.store.branches import Store
-    from medusa_fed.store.describe import show_lines
+    from medusa_fed.history.branches import Store
+    from medusa_fed.history.describe import show_lines
 
     try:
         with Store(store_dir(store), readonly=True) as opened:
@@ -108,8 +108,8 @@ def diff(
 ) -> None:
     """Which tensors of two objects differ, in how many elements, and by how much."""
     from medusa_fed.errors import MedusaError
-    from medusa_fed.store.branches import Store
-    from medusa_fed.store.compare import diff_objects, render_diff
+    from medusa_fed.history.branches import Store
+    from medusa_fed.history.compare import diff_objects, render_diff
 
     try:
         with Store(store_dir(store), readonly=True) as opened:

@@ -88,13 +88,20 @@ def simulate(
     min_teams: Annotated[int, Option(help="Stop if fewer teams are usable.")] = 2,
     seed: Annotated[int, Option(help="Seed of splits, probe draws, training.")] = 0,
     backend: Annotated[str, Option(help="ray (Flower's simulation engine) | inprocess")] = "ray",
+    store: Annotated[
+        str,
+        Option(
+            help="History store the run is imported into (default: $MEDUSA_STORE or "
+            "./runs/.medusa-store, where `medusa log` reads too; off = none)."
+        ),
+    ] = "",
 ) -> None:
     """Simulate a multi-team Medusa run locally and print the per-team table."""
     from medusa_fed.errors import MedusaError
     from medusa_fed.report import render_table
     from medusa_fed.run_config import RunConfig
-    from medusa_fed.simulations.simulate import parse_teams
-    from medusa_fed.simulations.simulate import simulate as run
+    from simulations.simulate import parse_teams
+    from simulations.simulate import simulate as run
 
     try:
         config = RunConfig.from_mapping(
@@ -117,6 +124,7 @@ def simulate(
                 "min-teams": min_teams,
                 "seed": seed,
                 "out-dir": str(out),
+                "store": store,
             }
             | ({"rounds": rounds} if rounds is not None else {})
             | ({"refit-epochs": refit_epochs} if refit_epochs is not None else {})

@@ -31,7 +31,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from medusa_fed.errors import ConfigError
-from medusa_fed.store.atomic import atomic_write
+from medusa_fed.rundir.atomic import atomic_write
 
 DEFAULT_HOSTS = ("localhost", "127.0.0.1")  # the SuperLink listens on loopback by default
 PRIVATE_MODE = 0o600

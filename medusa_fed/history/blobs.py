@@ -2,7 +2,7 @@
 
 A blob's name is the SHA-256 of its bytes, so a blob is immutable, stored once however many
 objects share it, and checked on every read. Blobs are written *before* the database row that
-refers to them (see :mod:`medusa_fed.store.branches`): a crash in between leaves an orphan blob
+refers to them (see :mod:`medusa_fed.history.branches`): a crash in between leaves an orphan blob
 (harmless, reported by :meth:`BlobStore.orphans`) and never a row without its blob.
 
 Files of a run directory are cloned copy-on-write where the filesystem supports it (no extra
@@ -25,7 +25,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from medusa_fed.errors import StoreError
-from medusa_fed.store.atomic import TEMP_PREFIX, atomic_write, fsync_dir, sha256_hex
+from medusa_fed.rundir.atomic import TEMP_PREFIX, atomic_write, fsync_dir, sha256_hex
 
 try:  # reflink (copy-on-write clone) support; Linux only
     import fcntl

@@ -2,8 +2,8 @@
 
 A store is a directory (default ``runs/.medusa-store``, see :func:`default_store_path`)::
 
-    store.db                 SQLite metadata (medusa_fed.store.db): objects, graph edges, blobs
-    blobs/<aa>/<sha256>      content-addressed safetensors blobs (medusa_fed.store.blobs)
+    store.db                 SQLite metadata (medusa_fed.history.db): objects, graph edges, blobs
+    blobs/<aa>/<sha256>      content-addressed safetensors blobs (medusa_fed.history.blobs)
 
 Objects (``kind``) and what their blobs hold; ids are the SHA-256 of each object's identifying
 content, so importing the same run twice changes nothing and ids can be shortened like Git's:
@@ -37,9 +37,9 @@ from pathlib import Path
 from typing import Any
 
 from medusa_fed.errors import StoreError
-from medusa_fed.store.blobs import BlobStore
-from medusa_fed.store.db import Database, Edge, ObjectRow
-from medusa_fed.store.manifest import now_iso
+from medusa_fed.history.blobs import BlobStore
+from medusa_fed.history.db import Database, Edge, ObjectRow
+from medusa_fed.rundir.manifest import now_iso
 
 logger = logging.getLogger(__name__)
 
@@ -111,7 +111,7 @@ class Store:
         Parameters
         ----------
         kind : str
-            A :data:`medusa_fed.store.db.KINDS` entry.
+            A :data:`medusa_fed.history.db.KINDS` entry.
         name : str
             Human label shown by ``medusa log`` (team, method, source).
         content : Mapping[str, Any]

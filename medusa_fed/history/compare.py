@@ -1,6 +1,6 @@
 """``medusa diff``: which tensors of two stored objects differ, in how many elements, by how much.
 
-Both sides are compared as whole shared-space values (:func:`medusa_fed.store.values.values_of`):
+Both sides are compared as whole shared-space values (:func:`medusa_fed.history.values.values_of`):
 a base's values, a branch's start + delta, a merge's result. Two branches of the same start are
 compared on their deltas instead, which is exact (no rounding of ``start + delta``).
 """
@@ -12,9 +12,9 @@ from dataclasses import dataclass
 
 import torch
 
-from medusa_fed.store.branches import Store
-from medusa_fed.store.db import ObjectRow
-from medusa_fed.store.values import delta_of, values_of
+from medusa_fed.history.branches import Store
+from medusa_fed.history.db import ObjectRow
+from medusa_fed.history.values import delta_of, values_of
 
 
 @dataclass(frozen=True)

@@ -13,11 +13,11 @@ from collections.abc import Mapping
 
 import torch
 
+from medusa_fed.history.branches import Store
+from medusa_fed.history.db import ObjectRow
+from medusa_fed.history.log import describe_line, pct
+from medusa_fed.history.values import delta_of
 from medusa_fed.ownership.ownership_map import NO_OWNER, OwnershipMap
-from medusa_fed.store.branches import Store
-from medusa_fed.store.db import ObjectRow
-from medusa_fed.store.history import describe_line, pct
-from medusa_fed.store.values import delta_of
 
 _NUMERIC = re.compile(r"^\d+$")
 

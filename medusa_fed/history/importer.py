@@ -1,6 +1,6 @@
 """Import a run directory (finished or partial) into the branch store.
 
-What becomes what (see :mod:`medusa_fed.strategies.medusa_strategy` for the run layout):
+What becomes what (see :mod:`strategies.medusa_strategy` for the run layout):
 
 ==================================  ==========================================================
 run directory                       store
@@ -24,6 +24,7 @@ a re-import only adds what the run wrote since and refreshes the ``run`` record.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sqlite3
@@ -32,12 +33,9 @@ from pathlib import Path
 from typing import Any
 
 from medusa_fed.errors import MedusaError, StoreError
-from medusa_fed.ownership import OwnershipMap
-from medusa_fed.run_config import MergeChoice, RunConfig
-from medusa_fed.store.blobs import tensors_from_bytes
-from medusa_fed.store.branches import Store
-from medusa_fed.store.manifest import now_iso
-from medusa_fed.store.objects import (
+from medusa_fed.history.blobs import tensors_from_bytes
+from medusa_fed.history.branches import Store, default_store_path
+from medusa_fed.history.objects import (
     Training,
     add_base,
     add_branch,
@@ -45,13 +43,14 @@ from medusa_fed.store.objects import (
     add_ownership,
     add_run,
 )
-from medusa_fed.store.remerge import make_spec
-from medusa_fed.store.run_dir import RunDir
+from medusa_fed.ownership import OwnershipMap
+from medusa_fed.run_config import MergeChoice, RunConfig
+from medusa_fed.rundir.manifest import now_iso
+from medusa_fed.rundir.run_dir import RunDir
 
 log = logging.getLogger(__name__)
 
 STORE_OFF = ("off", "none", "false", "no")
-STORE_DIRNAME = ".medusa-store"
 
 
 @dataclass
@@ -247,14 +246,15 @@ def _import_merge(
     uncontrolled = [
         t for t in teams if stage == "train" and not bool(hello.get(t, {}).get("controlled", True))
     ]
-    spec = _spec(choice, config.seed)
     # canonical bytes (no file metadata): the same merge made by `medusa merge` gets the same id
-    tensors, _ = tensors_from_bytes(data, rel)
+    tensors, meta = tensors_from_bytes(data, rel)
+    chosen = json.loads(meta.get("params", "{}"))  # the candidate EVAL kept, if a grid
+    spec = asdict(choice.spec(chosen or choice.candidates()[0], config.seed))
     slug = rel.split("/")[1]
     metrics = {
         t.rsplit("/", 1)[-1][:-5]: rd.read_json(t)
         for t in rd.list(f"eval/{slug}/")
-        if t.endswith(".json")
+        if t.endswith(".json") and not t.endswith("/validation.json")
     }  # (eval/<method>/<team>.head.safetensors: a re-fit head)
     conflicts = (report or {}).get("conflicts", {}).get(choice.label, {})
     return add_merge(
@@ -268,13 +268,6 @@ def _import_merge(
         metrics=metrics,
         conflicts=conflicts,
     )
-
-
-def _spec(choice: MergeChoice, seed: int) -> dict[str, Any]:
-    """The MergeSpec fields the run used (the strategy's ``_merge_spec``), all explicit."""
-    params: dict[str, Any] = {"seed": seed, **dict(choice.params)}
-    params["seed"] = int(params["seed"])
-    return asdict(make_spec(choice.method, **params))
 
 
 def _merge_choices(config: RunConfig) -> list[MergeChoice]:
@@ -320,12 +313,13 @@ def _source(model: str) -> str:
     return str(path.resolve()) if path.exists() else model
 
 
-def store_path_for(setting: str, out_dir: str | os.PathLike[str]) -> Path | None:
-    """Where a run's store lives: ``""`` = ``<out-dir>/../.medusa-store``; ``off`` = none."""
+def store_path_for(setting: str) -> Path | None:
+    """Where a run is imported: the run's ``store`` setting if given, else the one default every
+    history command reads too (``$MEDUSA_STORE`` or ``./runs/.medusa-store``); ``off`` = none."""
     text = setting.strip()
     if text.lower() in STORE_OFF:
         return None
-    return Path(text) if text else Path(out_dir).resolve().parent / STORE_DIRNAME
+    return Path(text) if text else default_store_path()
 
 
 def import_after_run(run_dir: RunDir, setting: str) -> ImportResult | None:
@@ -334,7 +328,7 @@ def import_after_run(run_dir: RunDir, setting: str) -> ImportResult | None:
     A failure is logged, never raised: the run directory is complete either way, and
     ``medusa import RUN_DIR`` can import it later.
     """
-    target = store_path_for(setting, run_dir.path)
+    target = store_path_for(setting)
     if target is None:
         return None
     try:

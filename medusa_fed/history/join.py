@@ -24,13 +24,13 @@ from typing import TYPE_CHECKING, Literal
 import torch
 
 from medusa_fed.errors import OwnershipError, StoreError
+from medusa_fed.history.branches import Store
+from medusa_fed.history.db import ObjectRow
+from medusa_fed.history.describe import ownership_of
+from medusa_fed.history.objects import add_branch, add_merge, add_ownership
+from medusa_fed.history.values import base_model, values_of
 from medusa_fed.merging import MergeSpec, merge_states_with_report
 from medusa_fed.ownership.ownership_map import NO_OWNER, OwnershipMap
-from medusa_fed.store.branches import Store
-from medusa_fed.store.db import ObjectRow
-from medusa_fed.store.describe import ownership_of
-from medusa_fed.store.objects import add_branch, add_merge, add_ownership
-from medusa_fed.store.values import base_model, values_of
 
 if TYPE_CHECKING:
     from medusa_fed.training.config import TrainConfig

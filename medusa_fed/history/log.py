@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from medusa_fed.store.branches import Store
-from medusa_fed.store.db import ObjectRow
+from medusa_fed.history.branches import Store
+from medusa_fed.history.db import ObjectRow
 
 HEADLINE_METRICS = ("accuracy", "perplexity", "macro_f1")
 _ORDER = {"ownership": 0, "branch": 1, "merge": 2, "run": 3}

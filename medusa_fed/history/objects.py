@@ -1,7 +1,7 @@
 """Typed constructors of store objects: what each kind records and how its id is made.
 
 Every function writes the object's blobs first, then the row (:meth:`Store.put`), and returns the
-object id. The *content* passed to :func:`medusa_fed.store.branches.object_id` is what identifies
+object id. The *content* passed to :func:`medusa_fed.history.branches.object_id` is what identifies
 an object (same content, same id); the rest is description and may be refreshed.
 """
 
@@ -15,9 +15,9 @@ import torch
 from safetensors.torch import save as safetensors_save
 
 from medusa_fed.errors import StoreError
+from medusa_fed.history.branches import Store
 from medusa_fed.ownership import OwnershipMap
 from medusa_fed.ownership.ownership_map import FORMAT_VERSION, METADATA_KEY
-from medusa_fed.store.branches import Store
 
 Training = Literal["masked", "free", "uncontrolled"]
 

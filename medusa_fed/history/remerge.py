@@ -18,17 +18,17 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import yaml
 
 from medusa_fed.deltas import StateDict
 from medusa_fed.errors import ConfigError, MergeError, StoreError
-from medusa_fed.merging import MergeSpec, MethodName, merge_states_with_report
-from medusa_fed.store.branches import Store
-from medusa_fed.store.db import ObjectRow
-from medusa_fed.store.objects import add_merge
-from medusa_fed.store.values import base_model, delta_of, head_of, labels_of, values_of
+from medusa_fed.history.branches import Store
+from medusa_fed.history.db import ObjectRow
+from medusa_fed.history.objects import add_merge
+from medusa_fed.history.values import base_model, delta_of, head_of, labels_of, values_of
+from medusa_fed.merging import MergeChoice, MergeSpec, merge_states_with_report
 
 log = logging.getLogger(__name__)
 
@@ -47,18 +47,30 @@ class MergeOutcome:
 
 
 def make_spec(method: str, **settings: float) -> MergeSpec:
-    """A MergeSpec from a method name as typed (``dare-ties`` = ``dare_ties``); ConfigError names
-    the known methods if it is not one."""
-    return MergeSpec(cast(MethodName, method.replace("-", "_")), **settings)  # type: ignore[arg-type]
+    """A MergeSpec from a method as typed (``dare-ties``, ``ties:density=0.5``: the one parser,
+    :meth:`MergeChoice.parse`) and settings given apart (CLI flags, a config's ``parameters``)."""
+    choice = MergeChoice.parse(method)
+    grid = [k for k, values in choice.params if len(values) > 1]
+    if grid:
+        raise ConfigError(
+            f"{method!r}: expected one value per setting, found a grid for {grid}; a grid is "
+            "chosen on the teams' validation data, which only a run has (--compare in a run)"
+        )
+    inline = {k: values[0] for k, values in choice.params}
+    twice = sorted(set(inline) & set(settings))
+    if twice:
+        raise ConfigError(f"{method!r}: {twice} given both in the method text and apart")
+    return choice.spec({**inline, **settings}, seed=int(settings.get("seed", 0)))
 
 
 def spec_label(spec: MergeSpec) -> str:
-    """``ties`` or ``ties(density=0.5)``: the method plus the settings it reads, if not default."""
+    """The run config's label of ``spec``: ``ties`` or ``ties:density=0.5`` (the settings it
+    reads that are not the default)."""
     defaults = {f.name: f.default for f in fields(MergeSpec)}
-    changed = [
-        f"{k}={getattr(spec, k):g}" for k in spec.info.uses if getattr(spec, k) != defaults[k]
-    ]
-    return f"{spec.method}({','.join(changed)})" if changed else spec.method
+    changed = tuple(
+        (k, (float(getattr(spec, k)),)) for k in spec.info.uses if getattr(spec, k) != defaults[k]
+    )
+    return MergeChoice(spec.method, changed).label
 
 
 def load_merge_config(path: Path) -> tuple[list[str], MergeSpec, str | None]:

@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING
 
 from medusa_fed.deltas import StateDict
 from medusa_fed.errors import ModelError, StoreError
-from medusa_fed.store.branches import Store
-from medusa_fed.store.db import ObjectRow
+from medusa_fed.history.branches import Store
+from medusa_fed.history.db import ObjectRow
 
 if TYPE_CHECKING:
     from medusa_fed.training.models import BaseModel

@@ -23,10 +23,18 @@ from medusa_fed.merging.sparsify import (
     magnitude_keep_mask,
     trim_count,
 )
-from medusa_fed.merging.spec import METHODS, MergeSpec, MethodInfo, MethodName, method_defaults
+from medusa_fed.merging.spec import (
+    METHODS,
+    MergeChoice,
+    MergeSpec,
+    MethodInfo,
+    MethodName,
+    method_defaults,
+)
 
 __all__ = [
     "METHODS",
+    "MergeChoice",
     "MergeSpec",
     "MethodInfo",
     "MethodName",

@@ -24,9 +24,9 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterable
 from dataclasses import MISSING, dataclass, field, fields
-from typing import Literal
+from itertools import product
+from typing import Any, Literal
 
 from medusa_fed.errors import ConfigError
 
@@ -171,15 +171,68 @@ class MergeSpec:
     def info(self) -> MethodInfo:
         return METHODS[self.method]
 
+
+@dataclass(frozen=True)
+class MergeChoice:
+    """A merge method with its settings as a user writes them, and the one parser of that text.
+
+    ``method[:key=value[|value...]]...``: ``medusa``, ``ties:density=0.2:scale=1``,
+    ``dare_ties:drop_rate=0.9:scale=0.5|1``. A key with several values (``|``) is a grid: the
+    coordinator merges each combination, scores it on the teams' validation splits and keeps the
+    best (the test split is scored once, for that one). The canonical text (:attr:`label`) names
+    the method in tables, run directories, reports and the branch history.
+    """
+
+    method: MethodName
+    params: tuple[tuple[str, tuple[float, ...]], ...] = ()
+
     @classmethod
-    def from_params(cls, method: str, params: Iterable[tuple[str, float]] = ()) -> MergeSpec:
-        """Build from ``(key, value)`` pairs such as ``run_config.MergeChoice.params``."""
-        kwargs: dict[str, float] = {}
-        for key, value in params:
-            if key not in _TUNABLE:
-                raise ConfigError(f"merge setting {key!r}: expected one of {', '.join(_TUNABLE)}")
-            kwargs[key] = value
-        return cls(method, **kwargs)  # type: ignore[arg-type]
+    def parse(cls, text: str) -> MergeChoice:
+        name, *parts = [p.strip() for p in str(text).strip().split(":")]
+        name = name.replace("-", "_")
+        if name not in METHODS:
+            raise ConfigError(
+                f"unknown merge method {name!r}; expected one of {', '.join(METHODS)}"
+            )
+        params: dict[str, tuple[float, ...]] = {}
+        for part in parts:
+            key, sep, value = part.partition("=")
+            key = key.strip().replace("-", "_")
+            if not sep or key not in _TUNABLE:
+                raise ConfigError(
+                    f"merge setting {part!r} in {text!r}: expected key=value with key one of "
+                    f"{', '.join(_TUNABLE)}"
+                )
+            try:
+                params[key] = tuple(float(v) for v in value.split("|"))
+            except ValueError:
+                raise ConfigError(
+                    f"merge setting {part!r} in {text!r}: value is not a number"
+                ) from None
+        choice = cls(name, tuple(params.items()))  # type: ignore[arg-type]
+        for candidate in choice.candidates():  # every combination must be a valid MergeSpec
+            choice.spec(candidate, seed=0)
+        return choice
+
+    @property
+    def label(self) -> str:
+        """The canonical text: ``ties`` or ``ties:density=0.2:scale=0.5|1``."""
+        return ":".join(
+            [self.method, *(f"{k}={'|'.join(f'{v:g}' for v in vs)}" for k, vs in self.params)]
+        )
+
+    def candidates(self) -> list[dict[str, float]]:
+        """Every combination of the settings' values (one dict when nothing is a grid)."""
+        keys = [k for k, _ in self.params]
+        return [
+            dict(zip(keys, combo, strict=True)) for combo in product(*(v for _, v in self.params))
+        ]
+
+    def spec(self, params: dict[str, float], seed: int) -> MergeSpec:
+        """The MergeSpec of one candidate; the run's seed unless the choice sets its own."""
+        uses_seed = "seed" in METHODS[self.method].uses
+        settings: dict[str, Any] = {"seed": seed, **params} if uses_seed else dict(params)
+        return MergeSpec(self.method, **settings)
 
 
 def method_defaults(method: str) -> dict[str, float | int]:

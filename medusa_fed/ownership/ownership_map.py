@@ -17,7 +17,7 @@ from safetensors import safe_open
 from safetensors.torch import save as safetensors_save
 
 from medusa_fed.errors import OwnershipError
-from medusa_fed.store.atomic import atomic_write
+from medusa_fed.rundir.atomic import atomic_write
 
 NO_OWNER: int = 255  # element owned by nobody: stays at the base
 MAX_TEAMS: int = 254  # controllable teams that fit a uint8 owner id next to NO_OWNER

@@ -12,7 +12,7 @@ from typing import Any
 from medusa_fed.report.markdown import render_markdown
 from medusa_fed.report.plots import PLOTS
 from medusa_fed.report.schema import validate_report
-from medusa_fed.store import RunDir
+from medusa_fed.rundir import RunDir
 
 logger = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from medusa_fed.errors import StoreError
-from medusa_fed.store.atomic import TEMP_PREFIX, atomic_write, exclusive_lock, sha256_hex
+from medusa_fed.rundir.atomic import TEMP_PREFIX, atomic_write, exclusive_lock, sha256_hex
 
 MANIFEST = "manifest.json"
 LOCK = ".lock"

@@ -7,7 +7,7 @@ from collections.abc import Collection
 from pathlib import PurePosixPath
 
 from medusa_fed.errors import StoreError
-from medusa_fed.store.atomic import TEMP_PREFIX
+from medusa_fed.rundir.atomic import TEMP_PREFIX
 
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 

@@ -6,7 +6,6 @@ restart resumes where it stopped and nothing a team sent is lost. Layout (paths 
 
     config.json                         the validated run configuration
     manifest.json                       relpath -> {sha256, bytes, written_at} of every stored file
-    stages.json                         stage -> {info, outputs, done_at}: stages already done
     hello/<team>.json                   a team's HELLO reply (fingerprint, task, controlled?)
     probe/<team>.safetensors            a team's top-d probe delta
     ownership.safetensors               the owner id of every parameter element
@@ -47,7 +46,7 @@ import json
 import logging
 import os
 import struct
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -56,23 +55,20 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from medusa_fed.errors import StoreError
-from medusa_fed.store.atomic import atomic_write
-from medusa_fed.store.manifest import (
+from medusa_fed.rundir.manifest import (
     LOCK,
     MANIFEST,
     Manifest,
     json_bytes,
-    load_index,
     now_iso,
     versions,
 )
-from medusa_fed.store.naming import check_name, normalize_relpath
+from medusa_fed.rundir.naming import check_name, normalize_relpath
 
 logger = logging.getLogger(__name__)
 
-STAGES = "stages.json"
 REJECTED_DIR = "log/rejected"
-RESERVED = frozenset({MANIFEST, STAGES, LOCK})
+RESERVED = frozenset({MANIFEST, LOCK})
 
 
 class RunDir:
@@ -209,46 +205,6 @@ class RunDir:
             with contextlib.suppress(FileNotFoundError):
                 (self.root / rel).unlink()
 
-    # ---- stage bookkeeping ----------------------------------------------------------------
-
-    def mark_done(
-        self, stage: str, info: Mapping[str, Any], *, outputs: Sequence[str] = ()
-    ) -> None:
-        """Record that ``stage`` finished with ``info`` (JSON-able); ``outputs`` are relpaths it
-        stored, all of which must exist: :meth:`done` forgets the stage if one goes missing."""
-        check_name(stage, "stage")
-        rels = [normalize_relpath(r, RESERVED) for r in outputs]
-        missing = [r for r in rels if not self.exists(r)]
-        if missing:
-            raise StoreError(
-                f"stage '{stage}': expected its outputs stored before marking it done, found "
-                f"{missing} missing; the stage stays not done"
-            )
-        record = {"info": dict(info), "outputs": rels, "done_at": now_iso()}
-        json_bytes(record, STAGES)  # fail before touching the file
-        with self._lock():
-            stages = load_index(self.root / STAGES)
-            stages[stage] = record
-            atomic_write(self.root / STAGES, json_bytes(stages, STAGES))
-
-    def done(self, stage: str) -> dict[str, Any] | None:
-        """The ``info`` of a finished stage, or None if not done or one of its outputs is gone."""
-        record = load_index(self.root / STAGES).get(stage)
-        if record is None:
-            return None
-        for rel in record.get("outputs", []):
-            if not self.exists(rel):
-                logger.warning("run_dir: %s output %s is gone; stage will be redone", stage, rel)
-                return None
-        return dict(record["info"])
-
-    def forget(self, stage: str) -> None:
-        """Mark ``stage`` not done (its stored outputs stay)."""
-        with self._lock():
-            stages = load_index(self.root / STAGES)
-            if stages.pop(stage, None) is not None:
-                atomic_write(self.root / STAGES, json_bytes(stages, STAGES))
-
     # ---- rejected payloads ----------------------------------------------------------------
 
     def record_rejection(self, team: str, stage: str, reason: str) -> None:
@@ -302,4 +258,4 @@ def _standalone(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-__all__ = ["REJECTED_DIR", "STAGES", "RunDir"]
+__all__ = ["REJECTED_DIR", "RunDir"]

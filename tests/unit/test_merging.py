@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from medusa_fed.errors import ConfigError, MergeError
 from medusa_fed.merging import (
     METHODS,
+    MergeChoice,
     MergeSpec,
     merge_report,
     merge_states,
@@ -172,7 +173,14 @@ def test_spec_validation():
         MergeSpec("dare_ties", drop_rate=1.0)
     with pytest.raises(ConfigError, match="scale must be a finite number"):
         MergeSpec("medusa", scale=float("nan"))
-    assert MergeSpec.from_params("dare_ties", [("seed", 3.0), ("drop_rate", 0.5)]).seed == 3
+    choice = MergeChoice.parse("dare-ties:seed=3:drop_rate=0.5")
+    assert choice.spec(choice.candidates()[0], seed=0).seed == 3  # its own seed wins
+    assert MergeChoice.parse("dare_ties").spec({}, seed=7).seed == 7  # else the run's
+    grid = MergeChoice.parse("ties:density=0.2|0.5:scale=1")
+    assert grid.label == "ties:density=0.2|0.5:scale=1"
+    assert grid.candidates() == [{"density": 0.2, "scale": 1.0}, {"density": 0.5, "scale": 1.0}]
+    with pytest.raises(ConfigError, match=r"density must be in \(0, 1\], found 2"):
+        MergeChoice.parse("ties:density=0.2|2")  # refused when parsed, before any training
     assert set(METHODS) == {
         "medusa", "linear", "task_arithmetic", "ties",
         "dare_linear", "dare_task_arithmetic", "dare_ties",

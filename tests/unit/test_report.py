@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from medusa_fed.report import render_table, validate_report, write_report
 from medusa_fed.report.markdown import fmt_bytes
 from medusa_fed.report.plots import layer_group
-from medusa_fed.store import RunDir
+from medusa_fed.rundir import RunDir
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 PLOT_NAMES = ["ownership_per_layer", "conflicts_per_method", "accuracy_per_team", "bytes_per_stage"]

@@ -47,8 +47,8 @@ def test_run_config_round_trips_through_its_mapping():
         }
     )
     assert RunConfig.from_mapping(cfg.to_mapping()) == cfg
-    assert cfg.compare[0] == MergeChoice("ties", (("density", 0.3),))
-    assert cfg.compare[0].label == "ties(density=0.3)"
+    assert cfg.compare[0] == MergeChoice("ties", (("density", (0.3,)),))
+    assert cfg.compare[0].label == "ties:density=0.3"
     assert cfg.eval_before is False and cfg.seed == 7 and cfg.needs_free_branches
 
 

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from medusa_fed.errors import StoreError
-from medusa_fed.store import RunDir
+from medusa_fed.rundir import RunDir
 
 
 @pytest.fixture
@@ -135,7 +135,7 @@ def test_crash_before_commit_leaves_new_version_readable_and_recovered(
     # Prepare: the data file is replaced, then the process dies before the manifest commit
     run = RunDir(tmp_path / "run")
     run.write_json("eval/movie.json", {"v": 1})
-    from medusa_fed.store.manifest import Manifest
+    from medusa_fed.rundir.manifest import Manifest
 
     real_save = Manifest.save
     calls = {"n": 0}
@@ -215,39 +215,6 @@ def test_list_by_prefix_and_remove(run: RunDir) -> None:
     assert listed == ["hello/movie.json", "hello/news.json", "hello/sms.json"]
     assert run.list("hello/") == ["hello/movie.json", "hello/news.json"]
     assert not (run.root / "hello/sms.json").exists()
-
-
-def test_stage_bookkeeping(run: RunDir) -> None:
-    # Prepare
-    run.write_json("eval/movie.json", {"accuracy": 0.8})
-    # Execute
-    before = run.done("eval")
-    run.mark_done("eval", {"teams": 1}, outputs=["eval/movie.json"])
-    after = run.done("eval")
-    run.remove("eval/movie.json")
-    after_loss = run.done("eval")
-    # Assert
-    assert before is None
-    assert after == {"teams": 1}
-    assert after_loss is None
-    assert RunDir(run.root, readonly=True).done("missing") is None
-
-
-def test_mark_done_refuses_missing_outputs(run: RunDir) -> None:
-    # Execute
-    with pytest.raises(StoreError, match="train/x.safetensors"):
-        run.mark_done("train", {}, outputs=["train/x.safetensors"])
-    # Assert
-    assert run.done("train") is None
-
-
-def test_forget_stage(run: RunDir) -> None:
-    # Prepare
-    run.mark_done("probe", {"n": 3})
-    # Execute
-    run.forget("probe")
-    # Assert
-    assert run.done("probe") is None
 
 
 def test_rejections_are_recorded_and_listed(run: RunDir) -> None:

@@ -14,16 +14,16 @@ import pytest
 import torch
 
 from medusa_fed.errors import ConfigError, MergeError, OwnershipError, StoreError
+from medusa_fed.history.blobs import BlobStore
+from medusa_fed.history.branches import Store, object_id
+from medusa_fed.history.compare import diff_states
+from medusa_fed.history.db import Database
+from medusa_fed.history.describe import layer_of
+from medusa_fed.history.join import extend_ownership
+from medusa_fed.history.objects import add_base, add_branch, add_merge
+from medusa_fed.history.remerge import load_merge_config
 from medusa_fed.ownership.ownership_map import NO_OWNER, OwnershipMap
-from medusa_fed.store.atomic import TEMP_PREFIX
-from medusa_fed.store.blobs import BlobStore
-from medusa_fed.store.branches import Store, object_id
-from medusa_fed.store.compare import diff_states
-from medusa_fed.store.db import Database
-from medusa_fed.store.describe import layer_of
-from medusa_fed.store.join import extend_ownership
-from medusa_fed.store.objects import add_base, add_branch, add_merge
-from medusa_fed.store.remerge import load_merge_config
+from medusa_fed.rundir.atomic import TEMP_PREFIX
 
 
 @pytest.fixture
@@ -130,8 +130,8 @@ def test_killed_writer_mid_transaction_rolls_back(tmp_path: Path) -> None:
         base = add_base(s, "b" * 64, "m", "encoder-classifier", "full")
     script = textwrap.dedent(f"""
         import os, torch
-        from medusa_fed.store.branches import Store
-        from medusa_fed.store.db import Database
+        from medusa_fed.history.branches import Store
+        from medusa_fed.history.db import Database
         s = Store({str(root)!r})
         sha = s.blobs.put_tensors({{"w": torch.ones(3)}})
         with s.db.transaction() as conn:

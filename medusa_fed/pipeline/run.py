@@ -1,0 +1,85 @@
+"""The stage loop, written once: the coordinator (Flower), the in-process simulation and the
+benchmark all call :func:`run_pipeline`, each with its own Transport."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from medusa_fed.pipeline.evaluate import evaluate, merge_and_choose
+from medusa_fed.pipeline.export import export
+from medusa_fed.pipeline.hello import hello
+from medusa_fed.pipeline.outcome import RunOutcome
+from medusa_fed.pipeline.probe import assign, probe
+from medusa_fed.pipeline.state import RunState
+from medusa_fed.pipeline.train import train, train_free
+from medusa_fed.pipeline.transport import Transport
+from medusa_fed.report import write_report
+from medusa_fed.run_config import RunConfig
+from medusa_fed.rundir import RunDir
+from medusa_fed.training.models import BaseModel
+
+log = logging.getLogger(__name__)
+
+
+def run_pipeline(
+    config: RunConfig,
+    base: BaseModel,
+    transport: Transport,
+    run_dir: RunDir | None = None,
+    *,
+    history: bool = True,
+) -> RunOutcome:
+    """Run every stage of one Medusa run over ``transport``; write the report and return the
+    outcome. Stages whose outputs are stored in the run directory are not redone.
+
+    Parameters
+    ----------
+    config : RunConfig
+        The validated run configuration.
+    base : BaseModel
+        The base model at the coordinator: its shared state is what ownership covers.
+    transport : Transport
+        How requests reach the teams (Flower Grid, or in-process).
+    run_dir : RunDir | None (default: RunDir(config.out_dir))
+    history : bool (default: True)
+        Import the finished run into the branch history (``config.store``; ``medusa log``).
+    """
+    state = RunState(config, base, run_dir or RunDir(Path(config.out_dir)))
+    return run_stages(state, transport, history=history)
+
+
+def run_stages(state: RunState, transport: Transport, *, history: bool = True) -> RunOutcome:
+    """The stage loop over an already built :class:`RunState` (its fields stay readable after)."""
+    config = state.config
+    state.run_dir.write_json(
+        "config.json", {"run": config.to_mapping(), "fingerprint": state.fingerprint}
+    )
+    stage(state, "hello", lambda: hello(state, transport))
+    if config.uses_ownership:
+        stage(state, "probe", lambda: probe(state, transport))
+        stage(state, "assign", lambda: assign(state))
+        stage(state, "train", lambda: train(state, transport))
+    if config.needs_free_branches:
+        stage(state, "baseline", lambda: train_free(state, transport))
+    stage(state, "merge", lambda: merge_and_choose(state, transport))
+    stage(state, "eval", lambda: evaluate(state, transport))
+    stage(state, "export", lambda: export(state))
+    outcome = RunOutcome.of(state)
+    write_report(outcome.report(), state.run_dir)
+    if history:
+        from medusa_fed.history.importer import import_after_run
+
+        import_after_run(state.run_dir, config.store)
+    return outcome
+
+
+def stage(state: RunState, name: str, fn: Callable[[], None]) -> None:
+    """Run one stage, timed and logged."""
+    started = time.monotonic()
+    log.info("%s: start", name)
+    fn()
+    state.timings[name] = round(time.monotonic() - started, 2)
+    log.info("%s: done in %.1f s", name, state.timings[name])

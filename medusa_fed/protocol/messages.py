@@ -1,0 +1,238 @@
+"""The Medusa protocol as typed messages: one request and one reply type per stage.
+
+Both ends speak these types; the Flower edge (``medusa_fed.protocol.flower``) turns them into
+Flower records and back, and the in-process transport passes them as they are. One run::
+
+    0 HELLO     HelloRequest  -> HelloReply    base fingerprint, run settings / who the team is
+    1 PROBE     ProbeRequest  -> ProbeReply    probe budget, density / top-d sparse delta (fp16)
+    2 ASSIGN    (coordinator only: GPA ownership map)
+    3 TRAIN     TrainRequest  -> BranchReply   the team's bit-packed mask (none: uncontrolled),
+                                               round r > 1 / warm start: the merge so far, head /
+                                               owned values only, in mask order (or a dense delta)
+      FREE      FreeRequest   -> BranchReply   unmasked fine-tune for the compared post-hoc merges
+    4 MERGE     (coordinator only)
+    5 EVAL      EvalRequest   -> EvalReply     merged shared weights of one method / metrics only
+
+Every scalar a team reads is a typed field here, with no default on the wire: a request that
+lacks one is refused at the edge (``PayloadError``), never filled in with a guess.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import ClassVar, Literal
+
+from medusa_fed.codec.layout import Payload
+from medusa_fed.errors import PayloadError
+from medusa_fed.training.config import Family, Method, ModelSpec, TrainConfig
+
+PROTOCOL_VERSION = 1
+
+# Record keys inside a Flower message's RecordDict (medusa_fed.protocol.flower)
+CONFIG_KEY = "config"  # ConfigRecord: every scalar field, kebab-case
+ARRAYS_KEY = "arrays"  # ArrayRecord: the main payload (mask, delta, merged weights)
+START_KEY = "start"  # ArrayRecord: shared weights a round starts from
+HEAD_KEY = "head"  # ArrayRecord: a team's own classification head (never merged)
+METRICS_KEY = "metrics"  # MetricRecord: metrics
+
+Split = Literal["validation", "test"]
+
+
+def record(key: str) -> dict[str, str]:
+    """Field metadata: the Flower record a payload or metrics field travels in."""
+    return {"record": key}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What every request tells a team about the run: the base, the method and the budget."""
+
+    model: str  # bundled model name or a directory every site has
+    model_family: Family
+    method: Method
+    epochs: float  # this request's fine-tuning budget (a probe's, a round's, ...)
+    max_steps: int  # > 0 caps the steps (overrides epochs)
+    lr: float  # 0 = the method's default
+    batch_size: int
+    max_length: int
+    max_train: int  # the run's cap on training examples (a team's own cap may be lower)
+    max_eval: int  # cap on validation and test examples
+    seed: int
+    eval_before: bool  # also train and score the floor (base + a head trained alone)
+
+    def model_spec(self) -> ModelSpec:
+        return ModelSpec(source=self.model, family=self.model_family, method=self.method)
+
+    def train_config(self) -> TrainConfig:
+        return TrainConfig(
+            epochs=self.epochs,
+            max_steps=self.max_steps,
+            lr=self.lr or None,
+            batch_size=self.batch_size,
+            max_length=self.max_length,
+            seed=self.seed,
+        )
+
+    def budget(self, epochs: float, max_steps: int) -> Settings:
+        return replace(self, epochs=epochs, max_steps=max_steps)
+
+
+@dataclass(frozen=True)
+class Sender:
+    """Who made a payload: the team and the fingerprint of the base it started from."""
+
+    team: str
+    fingerprint: str
+
+
+@dataclass(frozen=True)
+class HelloRequest:
+    MESSAGE_TYPE: ClassVar[str] = "query.hello"
+    settings: Settings
+    protocol: int
+    fingerprint: str  # the coordinator's base: a team that loaded another base is refused
+
+
+@dataclass(frozen=True)
+class HelloReply:
+    team: str
+    task: str
+    controlled: bool  # false: an uncontrolled branch (refuses masks)
+    fingerprint: str
+    labels: tuple[str, ...]
+    train_size: int
+    test_size: int
+    protocol: int
+
+
+@dataclass(frozen=True)
+class ProbeRequest:
+    MESSAGE_TYPE: ClassVar[str] = "train.probe"
+    settings: Settings  # the probe's budget
+    density: float  # top-d of each tensor's delta
+
+
+@dataclass(frozen=True)
+class ProbeReply:
+    sender: Sender
+    delta: Payload = field(metadata=record(ARRAYS_KEY))  # codec sparse delta
+    metrics: dict[str, float] = field(default_factory=dict, metadata=record(METRICS_KEY))
+
+
+@dataclass(frozen=True)
+class TrainRequest:
+    """A round of masked training (``mask`` set) or of an uncontrolled team's free training."""
+
+    MESSAGE_TYPE: ClassVar[str] = "train.finetune"
+    settings: Settings  # the round's budget
+    round: int
+    rounds: int
+    branch: str  # where the team keeps this round's head ("train" in the last round)
+    head_from: str  # the branch whose head this round continues ("" = a fresh head)
+    masked_lr_scale: float  # shared-tensor lr multiplier of masked training
+    budget_epochs: float  # the run's whole budget: what the floor head trains for
+    budget_max_steps: int
+    mask: Payload | None = field(default=None, metadata=record(ARRAYS_KEY))
+    start: Payload | None = field(default=None, metadata=record(START_KEY))  # merge so far
+    head: Payload | None = field(default=None, metadata=record(HEAD_KEY))  # the team's last head
+
+
+@dataclass(frozen=True)
+class FreeRequest:
+    """An unmasked fine-tune from the base: the branch the post-hoc merges combine."""
+
+    MESSAGE_TYPE: ClassVar[str] = "train.free"
+    settings: Settings
+
+
+@dataclass(frozen=True)
+class BranchReply:
+    sender: Sender
+    delta: Payload = field(metadata=record(ARRAYS_KEY))  # owned values (masked) or dense delta
+    head: Payload | None = field(default=None, metadata=record(HEAD_KEY))
+    metrics: dict[str, float] = field(default_factory=dict, metadata=record(METRICS_KEY))
+
+
+@dataclass(frozen=True)
+class EvalRequest:
+    MESSAGE_TYPE: ClassVar[str] = "evaluate.merged"
+    settings: Settings
+    method_label: str
+    branch: str  # the branch whose head scores this merge ("train" or "baseline")
+    refit_epochs: float  # > 0: re-fit the head on the merged encoder first
+    refit_lr: float
+    split: Split  # "validation" to choose a merge's settings, "test" to report
+    shared: Payload = field(metadata=record(ARRAYS_KEY))  # merged shared weights (dense)
+    head: Payload | None = field(default=None, metadata=record(HEAD_KEY))
+
+
+@dataclass(frozen=True)
+class EvalReply:
+    metrics: dict[str, float] = field(metadata=record(METRICS_KEY))
+    head: Payload | None = field(default=None, metadata=record(HEAD_KEY))  # the re-fitted head
+
+
+def finite_metrics(metrics: Mapping[str, object]) -> dict[str, float]:
+    """``metrics`` as finite floats; PayloadError naming the first bad one (every receiver of a
+    reply's metrics checks them with this)."""
+    out = {}
+    for key, value in metrics.items():
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        if not number or not math.isfinite(value):  # type: ignore[arg-type]
+            raise PayloadError(f"metric {key!r}: expected a finite number, found {value!r}")
+        out[str(key)] = float(value)  # type: ignore[arg-type]
+    return out
+
+
+Request = HelloRequest | ProbeRequest | TrainRequest | FreeRequest | EvalRequest
+Reply = HelloReply | ProbeReply | BranchReply | EvalReply
+
+REPLY_TYPE: dict[type, type] = {
+    HelloRequest: HelloReply,
+    ProbeRequest: ProbeReply,
+    TrainRequest: BranchReply,
+    FreeRequest: BranchReply,
+    EvalRequest: EvalReply,
+}
+MSG_HELLO = HelloRequest.MESSAGE_TYPE
+MSG_PROBE = ProbeRequest.MESSAGE_TYPE
+MSG_TRAIN = TrainRequest.MESSAGE_TYPE
+MSG_FREE = FreeRequest.MESSAGE_TYPE
+MSG_EVAL = EvalRequest.MESSAGE_TYPE
+REQUEST_TYPES: dict[str, type] = {
+    t.MESSAGE_TYPE: t for t in (HelloRequest, ProbeRequest, TrainRequest, FreeRequest, EvalRequest)
+}
+
+__all__ = [
+    "PROTOCOL_VERSION",
+    "CONFIG_KEY",
+    "ARRAYS_KEY",
+    "START_KEY",
+    "HEAD_KEY",
+    "METRICS_KEY",
+    "Split",
+    "Settings",
+    "Sender",
+    "HelloRequest",
+    "HelloReply",
+    "ProbeRequest",
+    "ProbeReply",
+    "TrainRequest",
+    "FreeRequest",
+    "BranchReply",
+    "EvalRequest",
+    "EvalReply",
+    "finite_metrics",
+    "Request",
+    "Reply",
+    "REPLY_TYPE",
+    "MSG_HELLO",
+    "MSG_PROBE",
+    "MSG_TRAIN",
+    "MSG_FREE",
+    "MSG_EVAL",
+    "REQUEST_TYPES",
+    "record",
+]
