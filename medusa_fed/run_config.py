@@ -59,6 +59,9 @@ class RunConfig:
     max_eval: int = 500
     eval_before: bool = True  # also measure the floor: base encoder + a head trained alone
     min_teams: int = 2  # fewer usable teams than this stops the run with an error
+    # false: a team that declares itself uncontrolled (refuses masks, may write every element) is
+    # left out at HELLO
+    allow_uncontrolled: bool = True
     stage_timeout_s: float = 3600.0  # how long each stage waits for replies
     seed: int = 0
     out_dir: str = "runs/latest"

@@ -178,6 +178,13 @@ def test_merge_from_ids_and_yaml_with_another_method(run, tmp_path) -> None:  # 
     assert "identical to a merge already in the store" in text  # DARE drops are seeded
     assert (tmp_path / "yml" / "medusa.json").is_file()
     assert "dare_linear:drop_rate=0.5" in cli("log", "--store", str(store_dir))
+    # a merge whose weights overflow is refused in one line, and nothing is recorded
+    before = cli("log", "--store", str(store_dir))
+    args = ["--method", "task_arithmetic", "--scale", "1e39", "--store", str(store_dir)]
+    result = runner.invoke(app, ["merge", *[i[:8] for i in ids], *args])
+    assert result.exit_code != 0 and "expected finite merged weights" in result.output
+    assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
+    assert cli("log", "--store", str(store_dir)) == before
 
 
 def test_show_and_diff(run) -> None:  # type: ignore[no-untyped-def]

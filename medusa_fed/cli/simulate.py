@@ -86,6 +86,9 @@ def simulate(
     max_eval: Annotated[int, Option(help="Test examples per team.")] = 300,
     eval_before: Annotated[bool, Option(help="Measure the floor (head only).")] = True,
     min_teams: Annotated[int, Option(help="Stop if fewer teams are usable.")] = 2,
+    allow_uncontrolled: Annotated[
+        bool, Option(help="Let teams refuse masks (false: such a team is left out at HELLO).")
+    ] = True,
     seed: Annotated[int, Option(help="Seed of splits, probe draws, training.")] = 0,
     backend: Annotated[str, Option(help="ray (Flower's simulation engine) | inprocess")] = "ray",
     store: Annotated[
@@ -122,6 +125,7 @@ def simulate(
                 "max-eval": max_eval,
                 "eval-before": eval_before,
                 "min-teams": min_teams,
+                "allow-uncontrolled": allow_uncontrolled,
                 "seed": seed,
                 "out-dir": str(out),
                 "store": store,

@@ -28,7 +28,7 @@ from medusa_fed.history.branches import Store
 from medusa_fed.history.db import ObjectRow
 from medusa_fed.history.objects import add_merge
 from medusa_fed.history.values import base_model, delta_of, head_of, labels_of, values_of
-from medusa_fed.merging import MergeChoice, MergeSpec, merge_states_with_report
+from medusa_fed.merging import MergeChoice, MergeSpec, check_finite, merge_states_with_report
 
 log = logging.getLogger(__name__)
 
@@ -191,6 +191,7 @@ def merge_branches(
     base_values = values_of(store, start, model)
     deltas = {k: delta_of(store, r) for k, r in keys.items()}
     merged, report = merge_states_with_report(base_values, deltas, spec, uncontrolled, progress)
+    check_finite(merged, f"merge {spec_label(spec)}")
     totals = report["totals"]
     conflicts = {
         "elements_touched_by_2plus": int(totals["overlap"]),

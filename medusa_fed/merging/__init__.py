@@ -9,6 +9,7 @@ small pure functions in :mod:`.sparsify` and :mod:`.election`.
 
 from medusa_fed.merging.election import agrees, disjoint_mean, elect_sign, signed_total
 from medusa_fed.merging.merge import (
+    check_finite,
     merge_report,
     merge_states,
     merge_states_with_report,
@@ -41,6 +42,7 @@ __all__ = [
     "TensorReport",
     "agrees",
     "apply_keep",
+    "check_finite",
     "dare_keep_mask",
     "dare_seed",
     "disjoint_mean",

@@ -211,3 +211,17 @@ def merge_report(
     """
     reports = {name: r for name, _, r in _stream(base, deltas, spec, uncontrolled, progress)}
     return summarize(spec.method, asdict(spec), reports)
+
+
+def check_finite(merged: Mapping[str, torch.Tensor], what: str) -> None:
+    """MergeError unless every merged value is finite: a merge with inf / NaN (a huge scale, an
+    overflowing branch) is refused before anything stores or exports it."""
+    bad = {name: int((~torch.isfinite(t)).sum()) for name, t in merged.items()}
+    bad = {name: n for name, n in bad.items() if n}
+    if bad:
+        first = next(iter(bad))
+        raise MergeError(
+            f"{what}: expected finite merged weights, found {sum(bad.values()):,} inf/NaN values "
+            f"in {len(bad)} tensor(s) (first: {first}); nothing stored. Lower the scale or "
+            "check the branches"
+        )

@@ -53,15 +53,16 @@ def choose(
     tried = []
     for params in choice.candidates():
         candidate = merge_one(state, choice, branches, params)
-        if candidate is None:
-            return None
+        if candidate is None:  # no branch to merge, or a candidate with inf / NaN weights
+            continue
         scores = ask(state, transport, choice.label, candidate.merged, "validation", None)
         score = statistics.fmean(_score(m) for m in scores.values()) if scores else -math.inf
         log.info("eval: %s %s validation score %.4f", choice.label, params, score)
         tried.append({"params": params, "score": score, "teams": scores})
         if best is None or score > best[0]:
             best = (score, candidate)
-    assert best is not None
+    if best is None:
+        return None
     chosen = {"params": best[1].params, "score": best[0]}
     state.run_dir.write_json(rel, {"candidates": tried, "chosen": chosen})
     state.validation[choice.label] = best[0]

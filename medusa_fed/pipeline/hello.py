@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import asdict
 
 from medusa_fed.pipeline.state import Roster, RunState, send
@@ -10,6 +11,9 @@ from medusa_fed.pipeline.transport import Transport
 from medusa_fed.protocol import PROTOCOL_VERSION, HelloReply, HelloRequest
 
 log = logging.getLogger(__name__)
+
+# a team name becomes a file name in the run directory and the history: safe characters only
+TEAM_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 
 
 def hello_facts(reply: HelloReply) -> dict[str, object]:
@@ -30,15 +34,30 @@ def hello(state: RunState, transport: Transport) -> None:
     replies = send(state, transport, "hello", lambda _t: request, HelloReply)
     node_of = state.roster.node_of
     state.roster = Roster()
+    claims: dict[str, list[str]] = {}
     for placeholder, reply in replies.items():
-        team = reply.team
-        if not team:
-            state.reject(placeholder, "hello", "reply carries no team name")
+        if TEAM_NAME.fullmatch(reply.team):
+            claims.setdefault(reply.team, []).append(placeholder)
+        else:
+            state.reject(
+                placeholder,
+                "hello",
+                f"team name {reply.team[:80]!r}: expected 1-64 letters, digits, '-' or '_' "
+                "(not starting with '-' or '_'); the node is left out",
+            )
+    for team, placeholders in sorted(claims.items()):
+        if len(placeholders) > 1:  # neither can prove it is the team: both stay out
+            claimants = ", ".join(p.removeprefix("node-") for p in placeholders)
+            reason = (
+                f"team name {team!r} claimed by nodes {claimants}; names are unique, all of "
+                "them are left out"
+            )
+            for placeholder in placeholders:
+                state.reject(placeholder, "hello", reason)
+            log.warning("hello: %s", reason)
             continue
-        if team in state.roster.node_of:
-            state.reject(team, "hello", f"team name {team!r} used by two nodes; second dropped")
-            continue
-        state.roster.node_of[team] = node_of[placeholder]
+        reply = replies[placeholders[0]]
+        state.roster.node_of[team] = node_of[placeholders[0]]
         state.roster.hello[team] = reply
         if reply.fingerprint != state.fingerprint:
             reason = (
@@ -46,6 +65,14 @@ def hello(state: RunState, transport: Transport) -> None:
                 f"coordinator's {state.fingerprint[:12]}...: the team loaded another base"
             )
             state.drop(team, "hello", reason)
+            continue
+        if not reply.controlled and not state.config.allow_uncontrolled:
+            state.drop(
+                team,
+                "hello",
+                "declared itself uncontrolled (controlled = false); this run allows only teams "
+                "that accept masks (allow-uncontrolled = false)",
+            )
             continue
         state.run_dir.write_json(f"hello/{team}.json", hello_facts(reply))
     teams = state.usable("hello")

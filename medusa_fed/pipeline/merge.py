@@ -14,7 +14,8 @@ import re
 from dataclasses import dataclass
 
 from medusa_fed.deltas import StateDict
-from medusa_fed.merging import merge_states_with_report
+from medusa_fed.errors import MergeError
+from medusa_fed.merging import check_finite, merge_states_with_report
 from medusa_fed.merging.spec import MergeChoice
 from medusa_fed.pipeline.state import Branches, RunState
 
@@ -66,6 +67,13 @@ def merge_one(
         uncontrolled=uncontrolled if choice.method == "medusa" else (),
         progress=True,
     )
+    try:
+        check_finite(merged, f"merge {choice.label} {params or ''}".rstrip())
+    except MergeError as exc:
+        if choice.label == state.config.merge.label:
+            raise  # the run's own merge: nothing to export
+        log.warning("%s; the method is left out of the comparison", exc)
+        return None
     log.info("merge: %s %s merged %d branches", choice.label, params or "", len(deltas))
     return Candidate(params, merged, stats)
 

@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from medusa_fed.errors import ConfigError
 from medusa_fed.pipeline.evaluate import evaluate, merge_and_choose
 from medusa_fed.pipeline.export import export
 from medusa_fed.pipeline.hello import hello
@@ -54,6 +55,7 @@ def run_pipeline(
 def run_stages(state: RunState, transport: Transport, *, history: bool = True) -> RunOutcome:
     """The stage loop over an already built :class:`RunState` (its fields stay readable after)."""
     config = state.config
+    bind_config(state)
     state.run_dir.write_json(
         "config.json", {"run": config.to_mapping(), "fingerprint": state.fingerprint}
     )
@@ -74,6 +76,29 @@ def run_stages(state: RunState, transport: Transport, *, history: bool = True) -
 
         import_after_run(state.run_dir, config.store)
     return outcome
+
+
+# Keys that change nothing already stored: where the run writes, how long it waits, how many teams
+# it needs, which post-hoc methods it also compares (each is stored under its own label).
+RESTART_FREE = frozenset({"out-dir", "store", "stage-timeout-s", "min-teams", "compare"})
+
+
+def bind_config(state: RunState) -> None:
+    """A run directory belongs to one configuration: a restart whose settings would change what
+    is already stored is refused, naming the keys that differ (nothing is redone silently)."""
+    if not state.run_dir.exists("config.json"):
+        return
+    stored = state.run_dir.read_json("config.json")
+    old, new = stored.get("run", {}), state.config.to_mapping()
+    differ = sorted(k for k in new if k not in RESTART_FREE and old.get(k, new[k]) != new[k])
+    if stored.get("fingerprint") not in (None, state.fingerprint):
+        differ.insert(0, "base model (fingerprint)")
+    if differ:
+        changes = "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in differ[:6])
+        raise ConfigError(
+            f"run directory {state.run_dir.path} holds a run with other settings ({changes}); "
+            "expected the same settings to resume it. Use a new --out (or out-dir) for a new run"
+        )
 
 
 def stage(state: RunState, name: str, fn: Callable[[], None]) -> None:

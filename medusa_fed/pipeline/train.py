@@ -19,7 +19,7 @@ import torch
 
 from medusa_fed import codec
 from medusa_fed.deltas import StateDict
-from medusa_fed.errors import MedusaError
+from medusa_fed.errors import MedusaError, PayloadError
 from medusa_fed.merging.rounds import add_round, owned_probe, round_start
 from medusa_fed.pipeline.probe import load_probes
 from medusa_fed.pipeline.state import Branches, RunState, send
@@ -52,12 +52,8 @@ def train(state: RunState, transport: Transport) -> None:
             metrics[team] = metrics.get(team, {}) | last.metrics[team]
         log.info("train: round %d/%d done (%d teams)", r, rounds, len(last.deltas))
     for team in state.usable("train"):
-        if team not in last.deltas:
-            continue
-        state.run_dir.write_tensors(f"train/{team}.safetensors", total[team])
-        if last.heads.get(team):
-            state.run_dir.write_tensors(f"train/{team}.head.safetensors", last.heads[team])
-        state.run_dir.write_json(f"train/{team}.metrics.json", metrics[team])
+        if team in last.deltas:
+            commit_branch(state, "train", team, total[team], last.heads.get(team), metrics[team])
     load_branches(state, "train", state.masked)
 
 
@@ -92,7 +88,7 @@ def train_round(
     assert state.ownership is not None
     cfg = state.config
     teams = state.usable(stage)
-    todo = [t for t in teams if not state.stored(t, stage, f"{stage}/{t}.safetensors")]
+    todo = [t for t in teams if not branch_stored(state, t, stage)]
     masks = {t: state.ownership.mask(t) for t in teams if state.roster.controlled(t)}
     start_arrays = codec.encode_dense(start) if start is not None else None
 
@@ -122,7 +118,7 @@ def train_round(
 def train_free(state: RunState, transport: Transport) -> None:
     """Unmasked fine-tuning for the post-hoc merges (the same budget as TRAIN)."""
     teams = state.usable("baseline")
-    todo = [t for t in teams if not state.stored(t, "baseline", f"baseline/{t}.safetensors")]
+    todo = [t for t in teams if not branch_stored(state, t, "baseline")]
     request = FreeRequest(state.settings())
     replies = send(state, transport, "baseline", lambda _t: request, BranchReply, teams=todo)
     for team, reply in replies.items():
@@ -151,15 +147,52 @@ def store_branch(
             else {}
         )
         metrics = finite(reply.metrics)
+        shared = sorted(set(head) & set(state.shapes))
+        if shared:
+            raise PayloadError(
+                f"head tensors {shared[:3]} are shared-space names; expected the team's own "
+                "head only (it is never merged)"
+            )
     except MedusaError as exc:
         state.drop(team, stage, f"payload rejected: {exc}")
         return
-    state.run_dir.write_tensors(f"{stage}/{team}.safetensors", delta)
-    if head:
-        state.run_dir.write_tensors(f"{stage}/{team}.head.safetensors", head)
-    state.run_dir.write_json(f"{stage}/{team}.metrics.json", metrics)
+    commit_branch(state, stage, team, delta, head, metrics)
     prev = state.bytes.get(team, {}).get(stage, {}).get("sent", 0)
     state.count(team, stage, sent=prev, received=codec.payload_nbytes(reply.delta))
+
+
+def commit_branch(
+    state: RunState,
+    stage: str,
+    team: str,
+    delta: StateDict,
+    head: StateDict | None,
+    metrics: dict[str, float],
+) -> None:
+    """Store one team's branch as a unit: metrics and head first, the delta last. Each file is
+    atomic and the delta file marks the unit complete (``branch_stored``), so a kill between two
+    writes leaves at most an incomplete unit that is asked for again, never one half-read."""
+    state.run_dir.write_json(f"{stage}/{team}.metrics.json", metrics)
+    if head:
+        state.run_dir.write_tensors(f"{stage}/{team}.head.safetensors", head)
+    elif state.run_dir.exists(f"{stage}/{team}.head.safetensors"):  # from an interrupted write
+        state.run_dir.remove(f"{stage}/{team}.head.safetensors")
+    state.run_dir.write_tensors(f"{stage}/{team}.safetensors", delta)
+
+
+def branch_stored(state: RunState, team: str, stage: str) -> bool:
+    """Whether ``team``'s branch of ``stage`` is stored complete and intact (else it is removed
+    and the team asked again)."""
+    rel = f"{stage}/{team}.safetensors"
+    if not state.stored(team, stage, rel):
+        return False
+    if state.run_dir.exists(f"{stage}/{team}.metrics.json", verify=True):
+        return True
+    reason = f"stored {rel} has no metrics beside it (an interrupted write); asked again"
+    log.warning("%s: %s", stage, reason)
+    state.reject(team, stage, reason)
+    state.run_dir.remove(rel)
+    return False
 
 
 def load_branches(state: RunState, stage: str, into: Branches) -> None:

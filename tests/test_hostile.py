@@ -1,0 +1,175 @@
+"""A hostile or broken team cannot crash the coordinator, take another team's name, or wedge a
+restart; a careless coordinator cannot resume a run directory with other settings or store a
+merge with inf / NaN weights. Each case runs the real coordinator and team sites (tiny BERT,
+in-process Flower grid) with one reply tampered with, and asserts who was left out and why."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from flwr.app import ConfigRecord, Message, MetricRecord
+
+from clients.client_app import make_client_app
+from medusa_fed.codec import encode_dense
+from medusa_fed.codec.records import record_from_arrays
+from medusa_fed.errors import ConfigError
+from medusa_fed.protocol import CONFIG_KEY, HEAD_KEY, METRICS_KEY, MSG_HELLO, MSG_TRAIN
+from medusa_fed.run_config import RunConfig
+from medusa_fed.rundir import RunDir
+from medusa_fed.training import load_base
+from simulations.inprocess_grid import InProcessGrid
+from strategies.medusa_strategy import MedusaStrategy, model_spec
+
+BAD = 2  # node 2 is team "beta"
+
+
+@pytest.fixture
+def run(tiny_bert, tiny_tasks, tiny_run_config, tmp_path):  # type: ignore[no-untyped-def]
+    """Run the coordinator with a tamper hook on node BAD's replies of one message type."""
+
+    def go(kind: str | None = None, change=None, out: Path | None = None, **overrides):  # type: ignore[no-untyped-def]
+        def hook(node: int, request: Message, reply: Message) -> list[Message]:
+            if node == BAD and request.metadata.message_type == kind and not reply.has_error():
+                return change(reply)
+            return [reply]
+
+        nodes = {
+            i + 1: {"team": name, "task": str(path)}
+            for i, (name, path) in enumerate(sorted(tiny_tasks.items()))
+        }
+        grid = InProcessGrid(make_client_app(), nodes, tamper=hook if kind else None)
+        cfg = tiny_run_config(
+            tiny_bert,
+            out or tmp_path / "run",
+            epochs=1,
+            **{"eval-before": False, "stage-timeout-s": 1, **overrides},
+        )
+        strategy = MedusaStrategy(cfg, load_base(model_spec(cfg)))
+        return strategy.run(grid).report(), strategy
+
+    return go
+
+
+def _status(report: dict) -> dict[str, str]:
+    return {t["name"]: t["status"] for t in report["teams"]}
+
+
+def _reasons(out: Path) -> str:
+    return "\n".join(r["reason"] for r in RunDir(out, readonly=True).rejections())
+
+
+def _config(reply: Message, **changes: object) -> list[Message]:
+    facts = {**dict(reply.content[CONFIG_KEY]), **changes}
+    reply.content[CONFIG_KEY] = ConfigRecord({k: v for k, v in facts.items() if v is not None})
+    return [reply]
+
+
+@pytest.mark.parametrize("name", ["../x", "sub/evil", ".hidden", "a" * 300, ""])
+def test_a_hostile_team_name_leaves_that_node_out_and_the_run_goes_on(run, tmp_path, name):
+    # Execute
+    report, _ = run(MSG_HELLO, lambda r: _config(r, team=name))
+    # Assert: the others ran to the end; nothing was written under the hostile name
+    assert sorted(_status(report)) == ["alpha", "gamma"]
+    assert set(_status(report).values()) == {"ok"}
+    assert "expected 1-64 letters, digits" in _reasons(tmp_path / "run")
+    written = [p.name for p in (tmp_path / "run").rglob("*")]
+    assert not any(".." in n or "evil" in n or n.startswith(".h") for n in written)
+
+
+def test_two_nodes_claiming_one_name_are_both_left_out(run, tmp_path):
+    # Execute: node 2 (beta) says it is alpha
+    report, _ = run(MSG_HELLO, lambda r: _config(r, team="alpha"), **{"min-teams": 1})
+    # Assert: neither claimant of 'alpha' is trusted with it; gamma runs on
+    assert _status(report) == {"gamma": "ok"}
+    assert "team name 'alpha' claimed by nodes 1, 2" in _reasons(tmp_path / "run")
+
+
+def test_a_hello_without_controlled_is_refused_at_the_edge(run, tmp_path):
+    report, _ = run(MSG_HELLO, lambda r: _config(r, controlled=None))
+    assert sorted(_status(report)) == ["alpha", "gamma"]
+    assert "HelloReply.controlled: expected config key 'controlled'" in _reasons(tmp_path / "run")
+
+
+def test_a_nan_metric_drops_the_team_and_a_restart_of_honest_teams_finishes(run, tmp_path):
+    # Execute
+    def nan(reply: Message) -> list[Message]:
+        reply.content[METRICS_KEY] = MetricRecord({"alone_accuracy": float("nan")})
+        return [reply]
+
+    report, _ = run(MSG_TRAIN, nan)
+    again, _ = run()  # the same directory, every team honest
+    # Assert
+    assert _status(report)["beta"].startswith("left out: train")
+    assert "metric 'alone_accuracy': expected a finite number" in _reasons(tmp_path / "run")
+    assert set(_status(again).values()) == {"ok"}
+
+
+def test_a_head_carrying_shared_tensor_names_is_rejected(run, tmp_path):
+    def smuggle(reply: Message) -> list[Message]:
+        fake = {"encoder.layer.0.attention.self.query.weight": torch.zeros(2, 2)}
+        reply.content[HEAD_KEY] = record_from_arrays(encode_dense(fake))
+        return [reply]
+
+    report, _ = run(MSG_TRAIN, smuggle)
+    assert _status(report)["beta"].startswith("left out: train")
+    assert "are shared-space names" in _reasons(tmp_path / "run")
+
+
+def test_an_interrupted_branch_write_is_asked_again_on_restart(run, tmp_path):
+    # Prepare: a finished run, then the state an old writer left when killed between the branch
+    # file and its metrics
+    clean, _ = run(out=tmp_path / "clean")
+    run(out=tmp_path / "run")
+    RunDir(tmp_path / "run").remove("train/beta.metrics.json")
+    # Execute
+    report, _ = run()
+    # Assert
+    assert set(_status(report).values()) == {"ok"}
+    assert "no metrics beside it" in _reasons(tmp_path / "run")
+    a, _ = RunDir(tmp_path / "run", readonly=True).read_tensors("merged/medusa/shared.safetensors")
+    b, _ = RunDir(tmp_path / "clean", readonly=True).read_tensors(
+        "merged/medusa/shared.safetensors"
+    )
+    assert all(torch.equal(a[n], b[n]) for n in b)
+
+
+def test_uncontrolled_teams_can_be_refused(tiny_bert, tiny_tasks, tiny_run_config, tmp_path):
+    nodes = {
+        i + 1: {"team": n, "task": str(p), "controlled": n != "beta"}
+        for i, (n, p) in enumerate(sorted(tiny_tasks.items()))
+    }
+    cfg = tiny_run_config(tiny_bert, tmp_path / "run", epochs=1, **{"allow-uncontrolled": False})
+    report = MedusaStrategy(cfg, load_base(model_spec(cfg))).run(
+        InProcessGrid(make_client_app(), nodes)
+    )
+    assert _status(report.report())["beta"].startswith("left out: hello")
+    assert "allow-uncontrolled = false" in _reasons(tmp_path / "run")
+
+
+def test_a_restart_with_other_settings_is_refused_naming_the_keys(run, tmp_path):
+    run()
+    with pytest.raises(ConfigError, match=r"assignment: 'proportional' -> 'argmax'"):
+        run(assignment="argmax")
+    with pytest.raises(ConfigError, match=r"seed: 0 -> 3"):
+        run(seed=3)
+    report, _ = run(**{"stage-timeout-s": 5})  # a setting that changes nothing stored
+    assert set(_status(report).values()) == {"ok"}
+
+
+def test_a_merge_with_inf_weights_is_left_out_and_bad_grids_fail_at_start(run, tmp_path):
+    report, _ = run(compare="task_arithmetic:scale=1e39,ties")
+    assert report["methods"] == ["medusa", "ties"]
+    assert not (tmp_path / "run/merged/task_arithmetic-scale1e39").exists()
+    for bad in ("ties:density=2", "ties:density=nan", "dare_ties:drop_rate=1", "medusa:seed=x"):
+        with pytest.raises(ConfigError):
+            RunConfig.from_mapping({"compare": bad})
+
+
+def test_medusa_merge_refuses_a_grid_it_cannot_choose():
+    from medusa_fed.history.remerge import make_spec
+
+    with pytest.raises(ConfigError, match="found a grid"):
+        make_spec("ties:scale=1|2")
+    assert make_spec("ties:density=0.5", scale=2.0).density == 0.5  # settings in the text count
