@@ -41,6 +41,8 @@ QUICK_GRID: tuple[str, ...] = (
     "dare_linear:drop_rate=0.9",
     "dare_task_arithmetic:drop_rate=0.9:scale=0.5|1",
     "dare_ties:drop_rate=0.9:scale=0.5|1",
+    "tsv_m:scale=0.5|1|1.5",
+    "iso_c:scale=0.5|1|1.5",
 )
 FULL_GRID: tuple[str, ...] = (
     "linear",
@@ -49,6 +51,8 @@ FULL_GRID: tuple[str, ...] = (
     "dare_linear:drop_rate=0.5|0.9",
     "dare_task_arithmetic:drop_rate=0.5|0.9:scale=0.5|1",
     "dare_ties:drop_rate=0.5|0.9:scale=0.5|1",
+    "tsv_m:scale=0.5|1|1.5|2",
+    "iso_c:scale=0.5|1|1.5|2",
 )
 
 

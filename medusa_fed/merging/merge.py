@@ -27,6 +27,7 @@ from medusa_fed.errors import MergeError
 from medusa_fed.merging.methods import baseline_delta, medusa_delta
 from medusa_fed.merging.report import TensorReport, summarize
 from medusa_fed.merging.spec import MergeSpec
+from medusa_fed.merging.spectral import spectral_delta
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +74,8 @@ def merge_tensor_with_report(
         )
     if spec.method == "medusa":
         acc, report = medusa_delta(name, pairs, base, spec.scale, frozenset(uncontrolled))
+    elif spec.info.combine in ("tsv", "iso"):
+        acc, report = spectral_delta(name, pairs, base, spec.method, spec.scale)
     else:
         acc, report = baseline_delta(name, pairs, base, spec, n)
     del pairs

@@ -17,6 +17,10 @@ dare_linear              DARE drop        mean over all branches    drop_rate, s
 dare_task_arithmetic     DARE drop        sum                       drop_rate, seed, scale
 dare_ties                DARE drop        TIES elect + disjoint     drop_rate, seed, scale
                                           mean
+tsv_m                    none             task singular vectors,    scale
+                                          orthogonalized (spectral)
+iso_c                    none             summed deltas, flat       scale
+                                          spectrum (spectral)
 =======================  ===============  ========================  =========================
 """
 
@@ -40,9 +44,11 @@ MethodName = Literal[
     "dare_linear",
     "dare_task_arithmetic",
     "dare_ties",
+    "tsv_m",
+    "iso_c",
 ]
 Sparsify = Literal["none", "magnitude", "dare"]
-Combine = Literal["medusa", "mean", "sum", "ties"]
+Combine = Literal["medusa", "mean", "sum", "ties", "tsv", "iso"]
 
 
 @dataclass(frozen=True)
@@ -103,6 +109,22 @@ METHODS: dict[str, MethodInfo] = {
             "dare",
             "ties",
             ("drop_rate", "seed", "scale"),
+        ),
+        MethodInfo(
+            "tsv_m",
+            "TSV-M (Gargiulo et al. 2025): each branch's top singular vectors of every weight "
+            "matrix, concatenated, orthogonalized (polar factor), times scale; other tensors: mean",
+            "none",
+            "tsv",
+            ("scale",),
+        ),
+        MethodInfo(
+            "iso_c",
+            "Iso-C (Marczak et al. 2025): SVD of the summed deltas of every weight matrix with a "
+            "flat spectrum (all singular values set to their mean), times scale; others: mean",
+            "none",
+            "iso",
+            ("scale",),
         ),
     )
 }

@@ -1,0 +1,84 @@
+"""The spectral merges, TSV-M and Iso-C, on one tensor's branch deltas (FusionBench's semantics).
+
+Both work on the singular value decomposition of 2-D weight matrices; every other tensor (biases,
+LayerNorm weights, and embedding matrices, whose rows are tokens rather than features, as
+FusionBench skips ``embed_tokens`` / ``lm_head``) gets the plain mean of the deltas. The result is
+multiplied by ``scale`` (FusionBench's ``alpha``), chosen on validation like every other method.
+
+- ``tsv_m`` (Gargiulo et al., CVPR 2025, "Task Singular Vectors"): with T branches and a matrix of
+  rank r, keep each branch's top ``k = max(1, r // T)`` singular triplets ``(U_i, S_i, V_i)``;
+  concatenate them (``U = [U_1 .. U_T]``, ``S = [S_1 .. S_T]``, ``V = [V_1; ..; V_T]``); replace
+  ``U`` and ``V`` by their nearest orthogonal matrices (the polar factors: ``P Q^T`` from the SVD
+  ``U = P Sigma Q^T``) so the branches' directions stop interfering; ``delta = U_o diag(S) V_o``.
+- ``iso_c`` (Marczak et al., ICML 2025, "No Task Left Behind"): ``U S V = svd(sum_i delta_i)``,
+  then flatten the spectrum: ``delta = mean(S) * U V`` (every direction of the summed update gets
+  the same weight).
+
+Inputs are ``(branch, fp32 delta)`` pairs sorted by branch name, as everywhere in ``merging``;
+FusionBench takes the models in its pool's order, so a reordering changes which block a branch
+takes in TSV-M's concatenation but not the result (the polar factor is permutation-equivariant).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from medusa_fed.merging.report import TensorReport
+
+Branches = Sequence[tuple[str, torch.Tensor]]
+
+
+def is_spectral(name: str, tensor: torch.Tensor) -> bool:
+    """Whether a tensor is merged through its SVD: 2-D and not an embedding table."""
+    return tensor.dim() == 2 and "embed" not in name
+
+
+def _polar(m: torch.Tensor) -> torch.Tensor:
+    """The orthogonal matrix nearest to ``m`` (Frobenius): ``P Q^T`` of ``m = P Sigma Q^T``."""
+    p, _, qh = torch.linalg.svd(m, full_matrices=False)
+    return p @ qh
+
+
+def tsv_delta(name: str, deltas: Branches, like: torch.Tensor) -> torch.Tensor:
+    """TSV-M's merged delta of one tensor (before ``scale``)."""
+    if not is_spectral(name, like):
+        return torch.stack([d for _, d in deltas]).mean(0)
+    rank = min(like.shape)
+    k = max(1, rank // len(deltas))
+    us, ss, vs = [], [], []
+    for _, d in deltas:
+        u, s, vh = torch.linalg.svd(d, full_matrices=False)
+        us.append(u[:, :k])  # [m, k]
+        ss.append(s[:k])  # [k]
+        vs.append(vh[:k, :])  # [k, n]
+    u_cat, s_cat, v_cat = torch.cat(us, 1), torch.cat(ss), torch.cat(vs, 0)  # [m, Tk] [Tk] [Tk, n]
+    return _polar(u_cat) @ torch.diag(s_cat) @ _polar(v_cat)
+
+
+def iso_delta(name: str, deltas: Branches, like: torch.Tensor) -> torch.Tensor:
+    """Iso-C's merged delta of one tensor (before ``scale``)."""
+    if not is_spectral(name, like):
+        return torch.stack([d for _, d in deltas]).mean(0)
+    total = torch.stack([d for _, d in deltas]).sum(0)
+    u, s, vh = torch.linalg.svd(total, full_matrices=False)
+    return s.mean() * (u @ vh)
+
+
+def spectral_delta(
+    name: str, deltas: Branches, like: torch.Tensor, method: str, scale: float
+) -> tuple[torch.Tensor, TensorReport]:
+    """``tsv_m`` or ``iso_c`` on one tensor, with its report (no sparsifying, no election)."""
+    touch = torch.zeros(like.shape, dtype=torch.int16, device=like.device)
+    touched: dict[str, int] = {}
+    for branch, d in deltas:
+        nz = d != 0
+        touched[branch] = int(torch.count_nonzero(nz))
+        touch.add_(nz)
+    overlap = int(torch.count_nonzero(touch > 1))
+    combine = tsv_delta if method == "tsv_m" else iso_delta
+    acc = combine(name, deltas, like).to(torch.float32)
+    if scale != 1.0:
+        acc.mul_(scale)
+    return acc, TensorReport(like.numel(), touched, dict(touched), overlap, 0, 0)
