@@ -22,10 +22,10 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load as st_load
-from safetensors.torch import save as st_save
 
 from medusa_fed.errors import StoreError
 from medusa_fed.rundir.atomic import TEMP_PREFIX, atomic_write, fsync_dir, sha256_hex
+from medusa_fed.rundir.tensors import safetensors_bytes
 
 try:  # reflink (copy-on-write clone) support; Linux only
     import fcntl
@@ -45,7 +45,7 @@ def tensors_bytes(
     for name, t in tensors.items():
         out[name] = t.detach().cpu().contiguous().clone()
     try:
-        return st_save(out, metadata=dict(metadata) if metadata else None)
+        return safetensors_bytes(out, metadata)
     except (TypeError, ValueError, RuntimeError) as e:
         raise StoreError(f"cannot serialise tensors ({e}); nothing stored") from e
 

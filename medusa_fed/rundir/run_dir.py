@@ -52,7 +52,6 @@ from typing import Any
 
 import torch
 from safetensors.torch import load as st_load
-from safetensors.torch import save as st_save
 
 from medusa_fed.errors import StoreError
 from medusa_fed.rundir.manifest import (
@@ -64,6 +63,7 @@ from medusa_fed.rundir.manifest import (
     versions,
 )
 from medusa_fed.rundir.naming import check_name, normalize_relpath
+from medusa_fed.rundir.tensors import safetensors_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -150,7 +150,7 @@ class RunDir:
                 "nothing written"
             )
         try:
-            data = st_save(_standalone(tensors), metadata=meta or None)
+            data = safetensors_bytes(_standalone(tensors), meta or None)
         except (TypeError, ValueError, RuntimeError) as e:
             raise StoreError(f"{relpath}: cannot serialise tensors ({e}); nothing written") from e
         return self.write_bytes(relpath, data)

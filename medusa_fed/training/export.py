@@ -19,10 +19,12 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from medusa_fed.deltas import SparseDelta, StateDict
 from medusa_fed.errors import PayloadError
+from medusa_fed.rundir.atomic import atomic_write
+from medusa_fed.rundir.tensors import safetensors_bytes
 from medusa_fed.training.models import BaseModel, labels_from_head, quiet_transformers
 
 
@@ -32,7 +34,7 @@ def save_state(
     """Write ``state`` (contiguous CPU copies) to ``path`` as safetensors."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {n: t.detach().cpu().contiguous() for n, t in state.items()}
-    save_file(tensors, str(path), metadata=dict(metadata or {}))
+    atomic_write(path, safetensors_bytes(tensors, metadata))
     return path
 
 

@@ -288,3 +288,24 @@ def test_record_file_adopts_a_file_written_elsewhere(run: RunDir) -> None:
     # Assert
     assert not before
     assert run.read_json("merged/medusa/config.json") == {"hidden_size": 32}
+
+
+def test_identical_tensors_give_identical_files_in_every_process(tmp_path: Path) -> None:
+    """safetensors orders metadata keys differently per process; our files must not."""
+    import subprocess
+    import sys
+
+    # Prepare
+    script = (
+        "import sys, torch; from medusa_fed.rundir import RunDir; "
+        "RunDir(sys.argv[1]).write_tensors('x.safetensors', {'a': torch.ones(3)}, "
+        "metadata={'method': 'ties', 'fingerprint': 'f', 'params': '{}', 'z': '1'})"
+    )
+    # Execute: three processes, three hash seeds
+    for i in range(3):
+        subprocess.run([sys.executable, "-c", script, str(tmp_path / f"r{i}")], check=True)
+    # Assert
+    files = {(tmp_path / f"r{i}" / "x.safetensors").read_bytes() for i in range(3)}
+    assert len(files) == 1
+    tensors, meta = RunDir(tmp_path / "r0", readonly=True).read_tensors("x.safetensors")
+    assert list(meta) == sorted(meta) and torch.equal(tensors["a"], torch.ones(3))
