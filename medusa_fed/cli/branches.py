@@ -37,8 +37,8 @@ def merge(
     method: Annotated[
         str | None,
         Option(
-            help="medusa | linear | task_arithmetic | ties | "
-            "dare_linear | dare_task_arithmetic | dare_ties"
+            help="medusa | linear | task_arithmetic | ties | dare_linear | dare_task_arithmetic "
+            "| dare_ties | tsv_m | iso_c (settings may follow: ties:density=0.5)"
         ),
     ] = None,
     config: Annotated[
@@ -52,11 +52,13 @@ def merge(
     seed: Annotated[int | None, Option(help="DARE: seed of the drop masks.")] = None,
     store: StoreOption = None,
     model: ModelOption = None,
+    force: Annotated[bool, Option("--force", help="Overwrite -o if it holds files.")] = False,
 ) -> None:
     """Merge stored branches with any merge method; record the merge; optionally export it."""
     from medusa_fed.errors import MedusaError
     from medusa_fed.history.branches import Store
     from medusa_fed.history.remerge import (
+        check_output_dir,
         export_object,
         load_merge_config,
         make_spec,
@@ -74,6 +76,8 @@ def merge(
         if v is not None
     }
     try:
+        if out is not None:  # before anything is merged or recorded
+            check_output_dir(out, force)
         if config is not None:
             if branches or method or settings:
                 raise typer.BadParameter("give --config FILE or branches with --method, not both")
@@ -100,7 +104,7 @@ def merge(
                 else "identical to a merge already in the store (same inputs, same result)"
             )
             if out is not None:
-                export_object(opened, outcome.id, out, head=head, model=model)
+                export_object(opened, outcome.id, out, head=head, model=model, force=force)
                 typer.echo(f"wrote {out}; {_loader_hint(out)}")
     except MedusaError as exc:
         raise fail(exc) from exc
@@ -116,6 +120,7 @@ def export(
     ] = False,
     store: StoreOption = None,
     model: ModelOption = None,
+    force: Annotated[bool, Option("--force", help="Overwrite -o if it holds files.")] = False,
 ) -> None:
     """Write a branch or merge as a Hugging Face model directory (or PEFT adapter dir)."""
     from medusa_fed.errors import MedusaError
@@ -126,7 +131,13 @@ def export(
         with Store(store_dir(store), readonly=True) as opened:
             row = opened.resolve(object_id, ("branch", "merge", "base"))
             export_object(
-                opened, row.id, out, head=head, model=model, merged_adapter=merged_adapter
+                opened,
+                row.id,
+                out,
+                head=head,
+                model=model,
+                merged_adapter=merged_adapter,
+                force=force,
             )
         typer.echo(f"exported {row.kind} {row.short} ({row.name}) to {out}; {_loader_hint(out)}")
     except MedusaError as exc:

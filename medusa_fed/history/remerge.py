@@ -73,6 +73,20 @@ def spec_label(spec: MergeSpec) -> str:
     return MergeChoice(spec.method, changed).label
 
 
+def check_output_dir(out: Path, force: bool) -> None:
+    """An export target must be a folder that is new or empty, unless ``force``: a model a user
+    already has is never overwritten by accident."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(
+            f"-o {out}: expected a folder for the model, found a file; nothing written"
+        )
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise ConfigError(
+            f"-o {out}: expected a new or empty folder, found one holding files (a model?); "
+            "nothing written. Pass --force to overwrite it, or choose another folder"
+        )
+
+
 def load_merge_config(path: Path) -> tuple[list[str], MergeSpec, str | None]:
     """Branches, spec and head team of a mergekit-style YAML file::
 
@@ -220,6 +234,7 @@ def export_object(
     head: str | None = None,
     model: str | None = None,
     merged_adapter: bool = False,
+    force: bool = False,
 ) -> Path:
     """Write a branch or merge as a Hugging Face directory (PEFT adapter dir for LoRA / IA3).
 
@@ -230,9 +245,12 @@ def export_object(
         first team that shared one.
     merged_adapter : bool (default: False)
         LoRA / IA3: fold the adapter into the weights and write a plain model.
+    force : bool (default: False)
+        Write into ``out`` even if it already holds files (a model there is overwritten).
     """
     from medusa_fed.training.export import save_model_dir
 
+    check_output_dir(out, force)
     row = store.resolve(ref, ("branch", "merge", "base"))
     base = base_model(store, row, model)
     team_branch = _head_branch(store, row, head) if row.kind != "base" else None
