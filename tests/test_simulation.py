@@ -7,6 +7,7 @@ in-process backend must give the same merged model for the same seed.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -152,3 +153,28 @@ def test_base_model_that_does_not_load_stops_the_run(tiny_tasks, tiny_run_config
     teams = parse_teams(",".join(f"{n}={p}" for n, p in sorted(tiny_tasks.items())))
     with pytest.raises(MedusaError, match="broken-model"):
         simulate(tiny_run_config(broken, tmp_path / "r"), teams, backend="inprocess")
+
+
+def test_the_console_script_ends_a_user_error_in_one_line(tmp_path: Path) -> None:
+    """`medusa ...` as a user types it: a missing data file or an --out that is a file gives one
+    line naming what was expected and found, exit code 2, no traceback."""
+    import subprocess
+    import sys
+
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    missing = ["train", "--task", str(tmp_path / "missing.csv"), "--out", str(tmp_path / "t")]
+    onto_file = ["simulate", "--teams", "movie,tweet", "--backend", "inprocess", "--out"]
+    cases = [(missing, "not found"), ([*onto_file, str(a_file)], "found a file")]
+    for args, expected in cases:
+        done = subprocess.run(
+            [sys.executable, "-c", "from medusa_fed.cli import main; main()", *args],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"},
+            timeout=300,
+        )
+        errors = [x for x in done.stderr.splitlines() if x.startswith("error:")]
+        assert done.returncode == 2, done.stderr[-2000:]
+        assert len(errors) == 1 and expected in errors[0], done.stderr[-2000:]
+        assert "Traceback" not in done.stderr

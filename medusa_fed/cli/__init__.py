@@ -8,6 +8,6 @@ from medusa_fed.cli import certs as _certs  # noqa: E402,F401  medusa certs
 from medusa_fed.cli import history as _history  # noqa: E402,F401  medusa import/log/show/diff
 from medusa_fed.cli import simulate as _simulate  # noqa: E402,F401  medusa simulate
 from medusa_fed.cli import train as _train  # noqa: E402,F401  medusa train
-from medusa_fed.cli.app import app
+from medusa_fed.cli.app import app, main
 
-__all__ = ["app"]
+__all__ = ["app", "main"]

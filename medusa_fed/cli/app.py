@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 
 import typer
 
@@ -15,7 +16,9 @@ app = typer.Typer(
 
 
 @app.callback()
-def main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging.")) -> None:
+def setup_logging(
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
+) -> None:
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -29,3 +32,19 @@ def version() -> None:
     from medusa_fed import __version__
 
     typer.echo(__version__)
+
+
+def main() -> None:
+    """The ``medusa`` console script: a user error (a MedusaError, a file that cannot be read or
+    written) ends in one line naming what was expected and found, never a traceback."""
+    from medusa_fed.errors import MedusaError
+
+    try:
+        app()
+    except MedusaError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    except OSError as exc:  # a missing, read-only or wrong-kind path the user gave
+        where = f": {exc.filename}" if exc.filename else ""
+        typer.echo(f"error: {exc.strerror or exc}{where}", err=True)
+        sys.exit(2)

@@ -55,6 +55,7 @@ def run_pipeline(
 def run_stages(state: RunState, transport: Transport, *, history: bool = True) -> RunOutcome:
     """The stage loop over an already built :class:`RunState` (its fields stay readable after)."""
     config = state.config
+    state.base.check_length(config.max_length)
     bind_config(state)
     state.run_dir.write_json(
         "config.json", {"run": config.to_mapping(), "fingerprint": state.fingerprint}

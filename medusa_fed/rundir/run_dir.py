@@ -54,6 +54,7 @@ import torch
 from safetensors.torch import load as st_load
 
 from medusa_fed.errors import StoreError
+from medusa_fed.rundir.atomic import TEMP_PREFIX
 from medusa_fed.rundir.manifest import (
     LOCK,
     MANIFEST,
@@ -94,7 +95,21 @@ class RunDir:
                     "start a run first (a writer creates it)"
                 )
             return
-        self.root.mkdir(parents=True, exist_ok=True)
+        if self.root.exists() and not self.root.is_dir():
+            raise StoreError(
+                f"run directory {self.root}: expected a folder (new or a run's), found a file; "
+                "choose another --out"
+            )
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            probe = self.root / f"{TEMP_PREFIX}write-check"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as exc:
+            raise StoreError(
+                f"run directory {self.root}: expected a folder this process can write, "
+                f"found {exc.strerror or exc}; nothing was started"
+            ) from exc
         fixed = self.recover()
         if fixed:
             logger.info("run_dir: recovered %d interrupted writes in %s", len(fixed), self.root)

@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import importlib.util
+import json
 import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -38,7 +39,7 @@ import torch
 from torch import nn
 
 from medusa_fed.deltas import StateDict
-from medusa_fed.errors import DataError, ModelError
+from medusa_fed.errors import ConfigError, DataError, ModelError
 from medusa_fed.training.config import ModelSpec
 from medusa_fed.training.peft_setup import split_peft_params, wrap_with_adapter
 
@@ -94,6 +95,24 @@ class BaseModel:
     @property
     def is_classifier(self) -> bool:
         return self.spec.family == "encoder-classifier"
+
+    @property
+    def max_positions(self) -> int | None:
+        """The longest input the model's position embeddings cover (None: not stated)."""
+        config = _config_json(self.directory)
+        for key in ("max_position_embeddings", "n_positions", "n_ctx"):
+            if isinstance(config.get(key), int):
+                return int(config[key])
+        return None
+
+    def check_length(self, max_length: int) -> None:
+        """ConfigError unless ``max_length`` tokens fit the model's positions."""
+        limit = self.max_positions
+        if limit is not None and max_length > limit:
+            raise ConfigError(
+                f"max-length {max_length}: expected at most the model's {limit} positions "
+                f"({self.directory.name}); lower --max-length"
+            )
 
     def build(
         self,
@@ -162,6 +181,7 @@ def load_base(spec: ModelSpec) -> BaseModel:
     from transformers import AutoTokenizer
 
     directory = resolve_source(spec.source)
+    _check_family(spec, directory)
     try:
         with quiet_transformers():
             tokenizer = AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
@@ -179,6 +199,37 @@ def load_base(spec: ModelSpec) -> BaseModel:
     if spec.method != "full":
         _hash_state(digest, shared)
     return BaseModel(spec, directory, tokenizer, shared, digest.hexdigest())
+
+
+def _config_json(directory: Path) -> dict:
+    try:
+        return dict(json.loads((directory / "config.json").read_text()))
+    except (OSError, ValueError) as exc:
+        raise ModelError(
+            f"{directory / 'config.json'}: expected a JSON model config ({exc})"
+        ) from exc
+
+
+CAUSAL_SUFFIXES = ("ForCausalLM", "LMHeadModel")
+
+
+def _check_family(spec: ModelSpec, directory: Path) -> None:
+    """The model family asked for must match the checkpoint: a causal LM's weights are not run
+    as a sequence classifier (transformers would silently build one), nor an encoder as a LM."""
+    architectures = [str(a) for a in _config_json(directory).get("architectures") or []]
+    if not architectures:
+        return
+    causal = any(a.endswith(CAUSAL_SUFFIXES) for a in architectures)
+    if spec.family == "encoder-classifier" and causal:
+        raise ModelError(
+            f"model {directory.name} is a causal language model ({', '.join(architectures)}); "
+            "expected an encoder for model-family = encoder-classifier; use causal-lm"
+        )
+    if spec.family == "causal-lm" and not causal:
+        raise ModelError(
+            f"model {directory.name} is not a causal language model ({', '.join(architectures)}); "
+            "expected one for model-family = causal-lm; use encoder-classifier"
+        )
 
 
 def _build_team(
