@@ -173,3 +173,23 @@ def test_medusa_merge_refuses_a_grid_it_cannot_choose():
     with pytest.raises(ConfigError, match="found a grid"):
         make_spec("ties:scale=1|2")
     assert make_spec("ties:density=0.5", scale=2.0).density == 0.5  # settings in the text count
+
+
+def test_a_causal_lm_is_not_run_as_a_classifier_and_max_length_must_fit(
+    tiny_bert, tmp_path, tiny_run_config
+):
+    from medusa_fed.errors import ModelError
+    from medusa_fed.training.config import ModelSpec
+    from medusa_fed.training.tiny_models import write_tiny_model
+
+    llama = write_tiny_model(tmp_path / "llama", "llama")
+    with pytest.raises(ModelError, match="is a causal language model .*use causal-lm"):
+        load_base(ModelSpec(source=str(llama), family="encoder-classifier"))
+    with pytest.raises(ModelError, match="is not a causal language model"):
+        load_base(ModelSpec(source=str(tiny_bert), family="causal-lm"))
+    base = load_base(ModelSpec(source=str(tiny_bert)))
+    assert base.max_positions is not None
+    too_long = base.max_positions + 1
+    cfg = tiny_run_config(tiny_bert, tmp_path / "run", **{"max-length": too_long})
+    with pytest.raises(ConfigError, match=f"max-length {too_long}: expected at most"):
+        MedusaStrategy(cfg, base).run(InProcessGrid(make_client_app(), {}))
