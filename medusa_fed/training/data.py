@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import random
+import unicodedata
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +41,9 @@ from medusa_fed.training.tasks import (
 )
 
 logger = logging.getLogger(__name__)
+
+# the longest text a row may carry (a 50 MB row is an accident or an attack, not an example)
+MAX_TEXT_CHARS = 100_000
 
 TaskKind = Literal["classification", "language-modeling"]
 _KINDS = ("classification", "language-modeling")
@@ -280,7 +284,14 @@ def _clean(
     classify = spec.kind == "classification"
     for number, row in enumerate(rows, start=1):
         parts = [(row.get(c) or "").strip() for c in spec.text_columns]
-        label = (row.get(spec.label_column) or "").strip() if classify and spec.label_column else ""
+        longest = max((len(p) for p in parts), default=0)
+        if longest > MAX_TEXT_CHARS:
+            raise DataError(
+                f"{where}: row {number}: expected a text of at most {MAX_TEXT_CHARS:,} "
+                f"characters, found {longest:,}; split or shorten it (nothing was loaded)"
+            )
+        label = (row.get(spec.label_column) or "") if classify and spec.label_column else ""
+        label = unicodedata.normalize("NFC", label).strip()
         if spec.pair:
             text, pair = parts
             empty = not text or not pair
@@ -309,8 +320,34 @@ def _clean(
     return texts, pairs, labels, numbers, no_text + no_label
 
 
+def _label_key(label: str) -> str:
+    """What two labels share when a person would read them as one: compatibility forms folded
+    (fullwidth letters), invisible format characters (zero-width space) dropped, case folded,
+    integers by value (``1`` and ``01``)."""
+    text = "".join(
+        c for c in unicodedata.normalize("NFKC", label) if unicodedata.category(c) != "Cf"
+    )
+    text = text.strip().casefold()
+    return str(int(text)) if text.lstrip("-").isdigit() else text
+
+
+def warn_lookalike_labels(labels: set[str], where: str) -> None:
+    """Warn when distinct labels differ only by case, width, invisible characters or leading
+    zeros: they become separate classes, which is rarely what the data meant."""
+    groups: dict[str, list[str]] = defaultdict(list)
+    for label in sorted(labels):
+        groups[_label_key(label)].append(label)
+    for same in (g for g in groups.values() if len(g) > 1):
+        logger.warning(
+            "load_task: %s: labels %s differ only by case, width, invisible characters or "
+            "leading zeros; they are kept as %d separate classes",
+            where, ", ".join(repr(x) for x in same), len(same),
+        )  # fmt: skip
+
+
 def _infer_labels(raw: list[str], where: str) -> tuple[str, ...]:
     found = set(raw)
+    warn_lookalike_labels(found, where)
     if len(found) < 2:
         raise DataError(
             f"{where}: expected at least 2 distinct labels for classification, found "

@@ -210,18 +210,52 @@ def _read_delimited(text: str, path: Path, tab: bool) -> tuple[list[Row], list[s
         reader = csv.reader(io.StringIO(text, newline=""), delimiter="\t", quoting=csv.QUOTE_NONE)
     else:
         reader = csv.reader(io.StringIO(text, newline=""))
+    kind = "TSV" if tab else "CSV"
     try:
         header = next(reader, [])
         columns = [c.strip() for c in header]
-        rows: list[Row] = [
-            dict(zip(columns, values, strict=False)) for values in reader if values
-        ]  # short rows: the missing cells read as None (treated as empty)
+        twice = sorted({c for c in columns if columns.count(c) > 1})
+        if twice:
+            raise DataError(
+                f"data file {path}: header line: column(s) {twice} appear twice; expected "
+                "unique column names (which one holds the data?)"
+            )
+        rows: list[Row] = []
+        last = reader.line_num
+        for values in reader:
+            if len(values) > len(columns):
+                raise DataError(
+                    f"data file {path}: line {reader.line_num}: expected at most {len(columns)} "
+                    f"fields (the header's), found {len(values)}; quote a text that contains "
+                    f"{'a tab' if tab else 'a comma'}"
+                )
+            if reader.line_num - last > 1:
+                _check_swallowed(values, len(columns), path, last + 1, tab)
+            last = reader.line_num
+            if values:  # short rows: the missing cells read as None (treated as empty)
+                rows.append(dict(zip(columns, values, strict=False)))
     except csv.Error as err:
         raise DataError(
             f"data file {path}: line {reader.line_num} is not valid "
-            f"{'TSV' if tab else 'CSV'} ({err}); fix the file and load again"
+            f"{kind} ({err}); fix the file and load again"
         ) from err
     return rows, columns
+
+
+def _check_swallowed(values: list[str], fields: int, path: Path, line: int, tab: bool) -> None:
+    """A quoted cell may span lines; one whose three or more later lines each parse as a whole
+    row of the file is an unbalanced quote that swallowed rows: refused, naming the line it starts
+    on (a real multi-line text rarely has every line shaped like a row, three times over)."""
+    delimiter = "\t" if tab else ","
+    for cell in values:
+        inner = [x for x in cell.split("\n")[1:-1] if x.strip()]  # the last line closes it
+        whole = [x for x in inner if len(next(csv.reader([x], delimiter=delimiter))) == fields]
+        if fields > 1 and len(whole) >= 3 and len(whole) == len(inner):
+            raise DataError(
+                f"data file {path}: line {line}: a quoted field runs over {len(inner) + 1} "
+                f"lines that each look like a row (an unbalanced quote?); expected one row per "
+                "line unless a text really spans lines"
+            )
 
 
 def _as_text(value: object) -> str | None:
