@@ -193,3 +193,40 @@ def test_a_causal_lm_is_not_run_as_a_classifier_and_max_length_must_fit(
     cfg = tiny_run_config(tiny_bert, tmp_path / "run", **{"max-length": too_long})
     with pytest.raises(ConfigError, match=f"max-length {too_long}: expected at most"):
         MedusaStrategy(cfg, base).run(InProcessGrid(make_client_app(), {}))
+
+
+def test_a_probe_denser_than_announced_is_rejected(
+    tiny_bert, tiny_tasks, tiny_run_config, tmp_path
+):
+    """A dense probe (every element, huge magnitudes) used to take every element under the
+    default policy; now it is refused for carrying more than the announced top-d."""
+    from clients.team_site import TeamSite
+    from medusa_fed.codec import encode_sparse_delta
+    from medusa_fed.deltas import top_d
+    from medusa_fed.pipeline import DirectTransport, run_pipeline
+    from medusa_fed.protocol import ProbeReply, ProbeRequest
+    from medusa_fed.team_config import TeamConfig
+
+    sites = {
+        i + 1: TeamSite(TeamConfig(n, str(p)))
+        for i, (n, p) in enumerate(sorted(tiny_tasks.items()))
+    }
+
+    def greedy(request):  # type: ignore[no-untyped-def]
+        reply = sites[2].handle(request)
+        if isinstance(request, ProbeRequest):
+            base = load_base(request.settings.model_spec()).shared_state()
+            dense = {n: top_d(torch.full_like(t, 1e30), 1.0) for n, t in base.items()}
+            return ProbeReply(reply.sender, encode_sparse_delta(dense), reply.metrics)
+        return reply
+
+    handlers = {n: s.handle for n, s in sites.items()} | {2: greedy}
+    cfg = tiny_run_config(tiny_bert, tmp_path / "run", epochs=1)
+    report = run_pipeline(cfg, load_base(model_spec(cfg)), DirectTransport(handlers)).report()
+    assert _status(report)["beta"].startswith("left out: probe")
+    assert "expected at most" in _reasons(tmp_path / "run") and "found" in _reasons(
+        tmp_path / "run"
+    )
+    assert {t["name"]: t["owned_share"] for t in report["teams"]}["alpha"] == pytest.approx(
+        0.5, abs=0.2
+    )

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
+import math
 
 import numpy as np
 import torch
 
 from medusa_fed import codec
 from medusa_fed.deltas import SparseDelta
-from medusa_fed.errors import ConfigError, MedusaError
+from medusa_fed.errors import ConfigError, MedusaError, PayloadError
 from medusa_fed.ownership import OwnershipMap, assign_ownership
 from medusa_fed.pipeline.state import RunState, send
 from medusa_fed.pipeline.transport import Transport
@@ -29,9 +30,10 @@ def probe(state: RunState, transport: Transport) -> None:
     for team, reply in replies.items():
         try:
             state.check_sender(team, reply.sender)
-            codec.decode_sparse_delta(  # validate, then store
+            sparse = codec.decode_sparse_delta(  # validate, then store
                 reply.delta, state.shapes, team=team, max_bytes=state.max_payload_bytes
             )
+            check_density(sparse, cfg.probe_density)
         except MedusaError as exc:
             state.drop(team, "probe", f"payload rejected: {exc}")
             continue
@@ -41,6 +43,20 @@ def probe(state: RunState, transport: Transport) -> None:
         )
         state.count(team, "probe", sent=0, received=codec.payload_nbytes(reply.delta))
     state.usable("probe")
+
+
+def check_density(sparse: dict[str, SparseDelta], density: float) -> None:
+    """A probe holds at most the announced top-d of each tensor (``ceil(d * numel)`` values, as
+    :func:`medusa_fed.deltas.top_d` keeps): a denser one would claim elements it has no right to
+    compete for."""
+    for name, s in sparse.items():
+        numel = math.prod(s.shape)
+        limit = math.ceil(density * numel)
+        if len(s.indices) > limit:
+            raise PayloadError(
+                f"{name}: expected at most {limit:,} probe values (probe-density {density:g} of "
+                f"{numel:,}), found {len(s.indices):,}; payload rejected"
+            )
 
 
 def load_probes(state: RunState) -> dict[str, dict[str, SparseDelta]]:
