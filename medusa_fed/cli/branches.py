@@ -81,6 +81,8 @@ def merge(
         if config is not None:
             if branches or method or settings:
                 raise typer.BadParameter("give --config FILE or branches with --method, not both")
+            if _merge_folders(config, out):  # a mergekit config over model folders: done
+                return
             refs, spec, file_head = load_merge_config(config)
             head = head or file_head
         else:
@@ -108,6 +110,28 @@ def merge(
                 typer.echo(f"wrote {out}; {_loader_hint(out)}")
     except MedusaError as exc:
         raise fail(exc) from exc
+
+
+def _merge_folders(config: Path, out: Path | None) -> bool:
+    """Run ``config`` if it is a mergekit config over model folders (True), else leave it to the
+    branch history (False)."""
+    import yaml
+
+    from medusa_fed.errors import ConfigError
+    from medusa_fed.merging.mergekit import is_mergekit, merge_folders, translate
+
+    try:
+        raw = yaml.safe_load(config.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{config}: expected a readable YAML merge config ({exc})") from exc
+    if not isinstance(raw, dict) or not is_mergekit(raw):
+        return False
+    if out is None:
+        raise ConfigError(f"{config}: a merge of model folders needs -o OUT_FOLDER")
+    job = translate(raw, str(config))
+    merge_folders(job, out)
+    typer.echo(f"merged {len(job.models)} models with {job.spec.method} into {out}")
+    return True
 
 
 @app.command()
