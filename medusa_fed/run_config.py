@@ -32,6 +32,10 @@ class RunConfig:
     unselected: Unselected = "random"  # elements no probe selected: random owner, or stay at base
     merge: MergeChoice = MergeChoice("medusa")  # the run's main merge
     compare: tuple[MergeChoice, ...] = ()  # post-hoc baselines merged from unmasked branches too
+    # federated anchors with the same budget and rounds as Medusa: every team trains unmasked
+    # from the last round's merge (its own head kept: personal heads, FedPer), merged each round
+    # with the method named (linear = FedAvg; ties = TIES each round); table label "fed-<method>"
+    federated: tuple[MergeChoice, ...] = ()
     epochs: float = 2.0  # masked fine-tuning budget per team (all rounds together)
     # multi-round Medusa: the budget is split into `rounds` rounds; after each round but the last
     # the coordinator merges and every team continues from the merge (its own elements, its head)
@@ -117,9 +121,21 @@ class RunConfig:
                 f"masked-lr-scale must be > 0 and finite (1 = the lr unchanged), found "
                 f"{self.masked_lr_scale}"
             )
-        if self.merge.method != "medusa" and self.compare:
+        grids = [c.label for c in self.federated if len(c.candidates()) > 1]
+        if any(c.method == "medusa" for c in self.federated):
             raise ConfigError(
-                f"merge = {self.merge.label!r} already runs without ownership; 'compare' is only "
+                "federated: expected post-hoc merge methods (linear = FedAvg, ties, ...), found "
+                "medusa, which is the run's own merge"
+            )
+        if grids:
+            raise ConfigError(
+                f"federated {grids}: expected one value per setting; a grid would train every "
+                "candidate's rounds (choose the settings on a separate run)"
+            )
+        if self.merge.method != "medusa" and (self.compare or self.federated):
+            raise ConfigError(
+                f"merge = {self.merge.label!r} already runs without ownership; 'compare' and "
+                "'federated' are only "
                 "for comparing post-hoc baselines against merge = medusa"
             )
 
@@ -175,7 +191,7 @@ class RunConfig:
             try:
                 if f.name == "merge":
                     kwargs[f.name] = MergeChoice.parse(str(value))
-                elif f.name == "compare":
+                elif f.name in ("compare", "federated"):
                     items = value if isinstance(value, (list, tuple)) else str(value).split(",")
                     kwargs[f.name] = tuple(MergeChoice.parse(s) for s in items if str(s).strip())
                 elif isinstance(default, bool):
@@ -198,8 +214,8 @@ class RunConfig:
         for key, value in asdict(self).items():
             if key == "merge":
                 value = self.merge.label
-            elif key == "compare":
-                value = ",".join(c.label for c in self.compare)
+            elif key in ("compare", "federated"):
+                value = ",".join(c.label for c in getattr(self, key))
             out[key.replace("_", "-")] = value
         return out
 

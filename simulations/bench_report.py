@@ -97,6 +97,7 @@ def markdown(cells: Sequence[Cell], cfg: BenchConfig, wall_s: float) -> str:
         lines.append("")
     lines += ["## Grid searched on validation", ""]
     lines += [f"- `{choice}`" for choice in cfg.grid]
+    lines += [f"- federated `fed-{choice}` (rounds as Medusa's)" for choice in cfg.federated]
     lines += ["", "## Medusa variants (run-config overrides on the coordinator's defaults)", ""]
     for v in cfg.variants:
         keys = ", ".join(f"{k}={val}" for k, val in v.overrides) or "(none: the default)"
@@ -175,6 +176,7 @@ def read(out_dir: Path) -> tuple[list[Cell], BenchConfig, float]:
         for v in raw["variants"]
     )
     raw["grid"] = tuple(raw["grid"])
+    raw["federated"] = tuple(raw.get("federated", ()))
     raw["teams"] = tuple(raw["teams"])
     raw["settings"] = tuple(tuple(t) for t in raw["settings"])
     raw["seeds"] = tuple(raw["seeds"])

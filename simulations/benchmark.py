@@ -7,7 +7,9 @@ request it has seen before, so a probe or an unmasked branch is trained once per
 and reused by every run that needs it.
 
 The compared merges run in the first variant's run of each setting and seed (``compare`` with
-grids, each chosen on validation by the pipeline), with the same head re-fit as that variant; the
+grids, each chosen on validation by the pipeline, and the ``federated`` anchors: FedAvg with
+personal heads and TIES each round, with Medusa's rounds), with the same head re-fit as that
+variant; the
 ceiling ("alone": each team's unmasked branch) and the floor (a head trained on the frozen base)
 come from the teams' own replies.
 """
@@ -96,6 +98,8 @@ class BenchConfig:
     floor: bool = True
     refit_lr: float = 1e-3  # head re-fit: a lone head on a frozen encoder takes a larger step
     grid: tuple[str, ...] = QUICK_GRID  # the compared merges, as run-config `compare` entries
+    # federated anchors (run-config `federated`): FedAvg with personal heads, TIES each round
+    federated: tuple[str, ...] = ("linear", "ties")
     variants: tuple[MedusaVariant, ...] = (MedusaVariant("default"),)
     # only the Medusa variants' cells (no ceiling, floor or compared merges): adds variants to
     # earlier runs of the same seeds, pooled with ``--combine``
@@ -124,6 +128,7 @@ class BenchConfig:
         }
         if compare:
             mapping["compare"] = ",".join(self.grid)
+            mapping["federated"] = ",".join(self.federated)
         return RunConfig.from_mapping(mapping)
 
 
@@ -209,7 +214,7 @@ class Bench:
             )
         for method in outcome.methods[1:]:
             cell = self._cell(outcome, setting, seed, method, method.split(":")[0])
-            cell.seconds = t.get("baseline", 0.0)
+            cell.seconds = t.get("federated" if method.startswith("fed-") else "baseline", 0.0)
             cells.append(cell)
         return cells
 
@@ -218,7 +223,8 @@ class Bench:
         params = dict(outcome.chosen.get(label_, {}))
         if float(outcome.run["refit-epochs"]) > 0:
             params["refit_epochs"] = float(outcome.run["refit-epochs"])
-        tried = len(next(c for c in self._choices(outcome) if c.label == label_).candidates())
+        choices = [c for c in self._choices(outcome) if c.label == label_]
+        tried = len(choices[0].candidates()) if choices else 1  # a federated anchor: 1
         val = outcome.validation.get(label_, float("nan"))
         return Cell(setting, seed, name, params, val, test, 0.0, tried)
 

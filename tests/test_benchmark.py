@@ -73,6 +73,8 @@ def test_benchmark_runs_every_method_and_writes_tables(
         "task_arithmetic",
         "ties",
         "dare_ties",
+        "fed-linear",
+        "fed-ties",
         *(f"medusa:{v.name}" for v in variants),
     }
     assert len(cells) == 2 * len(methods)
@@ -140,7 +142,7 @@ def test_coordinator_and_benchmark_give_the_same_merge_bit_for_bit(tiny_bert, ti
     coordinator = RunDir(tmp_path / "coordinator", readonly=True)
     bench = RunDir(tmp_path / "bench/runs/alpha+beta+gamma-s3-default", readonly=True)
     labels = [p for p in coordinator.list("merged/") if p.endswith("/shared.safetensors")]
-    assert len(labels) == 1 + len(GRID)
+    assert len(labels) == 1 + len(GRID) + len(cfg.federated)
     for rel in labels:
         a, meta_a = coordinator.read_tensors(rel)
         b, meta_b = bench.read_tensors(rel)
@@ -186,6 +188,7 @@ def test_benchmark_runs_on_adapters(tiny_bert, tiny_tasks, method, tmp_path):
         epochs=2,
         lr=1e-2,
         grid=("ties:density=0.5",),
+        federated=(),
         floor=False,
     )
     cells = Bench(cfg).run()

@@ -451,3 +451,45 @@ def test_round_head_continues_the_probe_head_or_starts_fresh_when_it_is_gone():
     assert torch.equal(site.round_head(warm)["classifier.weight"], head["classifier.weight"])
     with pytest.raises(MedusaError, match="no longer holds"):  # a lost round head still fails
         site.round_head(_round(2, "train-round1"))
+
+
+def test_federated_anchors_train_in_rounds_from_each_merge_with_personal_heads(
+    tiny_bert, tiny_tasks, tmp_path
+):
+    """FedAvg (linear each round) and TIES each round, with Medusa's rounds and budget: round 1
+    from the base, round 2 from round 1's merge with each team's own head; the anchor's model is
+    the last round's merge."""
+    # Prepare
+    grid = _grid(tiny_tasks)
+    # Execute
+    report, strategy = _run(
+        tiny_bert, tmp_path / "run", grid, federated="linear,ties", rounds=2, epochs=2
+    )
+    # Assert: both anchors scored by every team
+    assert report["methods"] == ["medusa", "fed-linear", "fed-ties"]
+    assert all(set(t["metrics"]["merged"]) >= {"fed-linear", "fed-ties"} for t in report["teams"])
+    run = RunDir(tmp_path / "run", readonly=True)
+    base = strategy.state.base.shared_state()
+    fed = [
+        m
+        for m in _sent(grid, MSG_TRAIN)
+        if dict(m.content["config"])["branch"].startswith("fed-linear")
+    ]
+    assert len(fed) == 6 and all(ARRAYS_KEY not in m.content for m in fed)  # 3 teams x 2, no mask
+    round1 = {t: run.read_tensors(f"fed-linear-round1/{t}.safetensors")[0] for t in tiny_tasks}
+    round2 = {t: run.read_tensors(f"fed-linear-round2/{t}.safetensors")[0] for t in tiny_tasks}
+    for m in fed:
+        config = dict(m.content["config"])
+        if config["round"] == 1:
+            assert START_KEY not in m.content and config["head-from"] == ""
+            continue
+        assert config["head-from"] == "fed-linear-round1"  # personal heads continue
+        start = codec.decode_dense(arrays_from_record(m.content[START_KEY]), strategy.state.shapes)
+        for name, b in base.items():  # round 2 starts from FedAvg of round 1
+            mean = torch.stack([round1[t][name] for t in sorted(round1)]).sum(0) / 3
+            assert torch.allclose(start[name], b + mean, atol=1e-6), name
+    merged, _ = run.read_tensors("merged/fed-linear/shared.safetensors")
+    some = next(iter(base))
+    first = base[some] + torch.stack([round1[t][some] for t in sorted(round1)]).sum(0) / 3
+    second = first + torch.stack([round2[t][some] for t in sorted(round2)]).sum(0) / 3
+    assert torch.allclose(merged[some], second, atol=1e-6)

@@ -47,6 +47,13 @@ def simulate(
             "settings as ties:density=0.2:scale=1."
         ),
     ] = "",
+    federated: Annotated[
+        str,
+        Option(
+            help="Federated anchors with the same rounds: linear (FedAvg, personal heads), "
+            "ties, ... each round, comma-separated."
+        ),
+    ] = "",
     assignment: Annotated[str, Option(help="proportional | argmax | balanced")] = "proportional",
     unselected: Annotated[
         str, Option(help="Elements no probe selected: random | frozen")
@@ -113,6 +120,7 @@ def simulate(
                 "method": method,
                 "merge": merge,
                 "compare": compare,
+                "federated": federated,
                 "assignment": assignment,
                 "unselected": unselected,
                 "probe-density": probe_density,

@@ -99,8 +99,8 @@ def ask(
 ) -> dict[str, dict[str, float]]:
     """One EVAL exchange: the merged shared weights to each team, its metrics back. On test,
     each reply is stored (and a re-fitted head beside it)."""
-    branch = branch_of(state, label)
-    heads = (state.masked if branch == "train" else state.free).heads
+    branch, branches = branch_of(state, label)
+    heads = branches.heads
     arrays = codec.encode_dense(merged)
     refit = state.config.refit_epochs if split == "test" else 0.0
 

@@ -44,11 +44,14 @@ def choices(state: RunState) -> list[tuple[MergeChoice, Branches]]:
     return [(cfg.merge, state.masked), *((c, state.free) for c in cfg.compare)]
 
 
-def branch_of(state: RunState, label: str) -> str:
-    """``train`` for the run's Medusa merge, ``baseline`` for the post-hoc ones."""
-    return (
-        "train" if state.config.uses_ownership and label == state.config.merge.label else "baseline"
-    )
+def branch_of(state: RunState, label: str) -> tuple[str, Branches]:
+    """The branch whose heads score a merge, and its branches: ``train`` for the run's Medusa
+    merge, ``baseline`` for the post-hoc ones, a federated anchor's last round for it."""
+    if label in state.fed:  # the stage name of its last round (pipeline.federated.round_stage)
+        return f"{slug(label)}-round{state.config.rounds}", state.fed[label]
+    if state.config.uses_ownership and label == state.config.merge.label:
+        return "train", state.masked
+    return "baseline", state.free
 
 
 def merge_one(

@@ -11,6 +11,7 @@ from pathlib import Path
 from medusa_fed.errors import ConfigError
 from medusa_fed.pipeline.evaluate import evaluate, merge_and_choose
 from medusa_fed.pipeline.export import export
+from medusa_fed.pipeline.federated import federated
 from medusa_fed.pipeline.hello import hello
 from medusa_fed.pipeline.outcome import RunOutcome
 from medusa_fed.pipeline.probe import assign, probe
@@ -68,6 +69,8 @@ def run_stages(state: RunState, transport: Transport, *, history: bool = True) -
     if config.needs_free_branches:
         stage(state, "baseline", lambda: train_free(state, transport))
     stage(state, "merge", lambda: merge_and_choose(state, transport))
+    if config.federated:
+        stage(state, "federated", lambda: federated(state, transport))
     stage(state, "eval", lambda: evaluate(state, transport))
     stage(state, "export", lambda: export(state))
     outcome = RunOutcome.of(state)
@@ -80,8 +83,10 @@ def run_stages(state: RunState, transport: Transport, *, history: bool = True) -
 
 
 # Keys that change nothing already stored: where the run writes, how long it waits, how many teams
-# it needs, which post-hoc methods it also compares (each is stored under its own label).
-RESTART_FREE = frozenset({"out-dir", "store", "stage-timeout-s", "min-teams", "compare"})
+# it needs, which methods it also compares (each is stored under its own label).
+RESTART_FREE = frozenset(
+    {"out-dir", "store", "stage-timeout-s", "min-teams", "compare", "federated"}
+)
 
 
 def bind_config(state: RunState) -> None:

@@ -83,6 +83,7 @@ class RunState:
     ownership: OwnershipMap | None = None
     masked: Branches = field(default_factory=Branches)  # TRAIN: Medusa's branches
     free: Branches = field(default_factory=Branches)  # FREE: the post-hoc merges' branches
+    fed: dict[str, Branches] = field(default_factory=dict)  # federated anchor -> last round
     merged: dict[str, StateDict] = field(default_factory=dict)  # method label -> shared weights
     merge_stats: dict[str, dict[str, Any]] = field(default_factory=dict)
     chosen: dict[str, dict[str, float]] = field(default_factory=dict)  # label -> settings used
