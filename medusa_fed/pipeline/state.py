@@ -167,11 +167,15 @@ class RunState:
             return False
         if self.run_dir.exists(relpath, verify=True):
             return True
-        reason = f"stored {relpath} failed its sha256 check; removed, the team is asked again"
+        self.discard(team, stage, relpath, "failed its sha256 check")
+        return False
+
+    def discard(self, team: str, stage: str, relpath: str, why: str) -> None:
+        """Remove a stored file that cannot be used (the team is asked again), with the reason."""
+        reason = f"stored {relpath} {why}; removed, the team is asked again"
         log.warning("%s: %s", stage, reason)
         self.reject(team, stage, reason)
         self.run_dir.remove(relpath)
-        return False
 
 
 def send(

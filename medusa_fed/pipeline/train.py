@@ -188,10 +188,7 @@ def branch_stored(state: RunState, team: str, stage: str) -> bool:
         return False
     if state.run_dir.exists(f"{stage}/{team}.metrics.json", verify=True):
         return True
-    reason = f"stored {rel} has no metrics beside it (an interrupted write); asked again"
-    log.warning("%s: %s", stage, reason)
-    state.reject(team, stage, reason)
-    state.run_dir.remove(rel)
+    state.discard(team, stage, rel, "has no metrics beside it (an interrupted write)")
     return False
 
 
