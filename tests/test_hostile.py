@@ -230,3 +230,24 @@ def test_a_probe_denser_than_announced_is_rejected(
     assert {t["name"]: t["owned_share"] for t in report["teams"]}["alpha"] == pytest.approx(
         0.5, abs=0.2
     )
+
+
+def test_a_federated_anchor_that_overflows_is_left_out_and_the_run_goes_on(run, tmp_path):
+    """A team's huge (finite) values in a federated round make the anchor's merge inf: the
+    anchor is left out of the comparison; Medusa's merge and the other methods stand."""
+    from medusa_fed.codec import decode_dense, encode_dense
+    from medusa_fed.codec.records import arrays_from_record
+    from medusa_fed.protocol import ARRAYS_KEY
+
+    def huge(reply: Message) -> list[Message]:
+        if any(k.endswith("::owned") for k in reply.content[ARRAYS_KEY]):
+            return [reply]  # Medusa's masked TRAIN: left honest; the federated rounds are not
+        delta = decode_dense(arrays_from_record(reply.content[ARRAYS_KEY]), None)
+        reply.content[ARRAYS_KEY] = record_from_arrays(
+            encode_dense({n: torch.full_like(t, 3e38) for n, t in delta.items()})
+        )
+        return [reply]
+
+    report, _ = run(MSG_TRAIN, huge, federated="task_arithmetic:scale=10,linear", rounds=1)
+    assert "fed-task_arithmetic:scale=10" not in report["methods"]
+    assert report["methods"][0] == "medusa" and "fed-linear" in report["methods"]

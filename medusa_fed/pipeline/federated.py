@@ -15,6 +15,7 @@ import math
 
 from medusa_fed import codec
 from medusa_fed.deltas import StateDict
+from medusa_fed.errors import MergeError
 from medusa_fed.merging import check_finite, merge_states_with_report
 from medusa_fed.merging.spec import MergeChoice
 from medusa_fed.pipeline.merge import Candidate, keep, slug
@@ -62,7 +63,11 @@ def anchor(state: RunState, transport: Transport, choice: MergeChoice) -> None:
         begin = current if current is not None else state.base_state
         spec = choice.spec(choice.candidates()[0], cfg.seed)
         current, stats = merge_states_with_report(begin, deltas, spec, progress=True)
-        check_finite(current, f"federated {label} round {r}")
+        try:
+            check_finite(current, f"federated {label} round {r}")
+        except MergeError as exc:  # an anchor, not the run's merge: left out, the run goes on
+            log.warning("%s; the anchor is left out of the comparison", exc)
+            return
         log.info("federated: %s round %d/%d merged %d teams", label, r, rounds, len(deltas))
     assert current is not None
     state.fed[label] = last
