@@ -25,9 +25,13 @@ from medusa_fed.team_config import TeamConfig
         ({"eval-before": "maybe"}, "expected true or false"),
         ({"batch-size": "many"}, "batch-size: cannot use 'many'"),
         ({"probe_density": 0.2}, "unknown run-config keys ['probe_density']"),
-        ({"merge": "ties", "compare": "linear"}, "'compare' is only"),
+        ({"merge": "ties", "compare": "linear"}, "'compare' and 'federated' are only"),
         ({"masked-lr-scale": 0}, "masked-lr-scale must be > 0 and finite"),
         ({"masked-lr-scale": "nan"}, "masked-lr-scale must be > 0 and finite"),
+        ({"federated": "ties:density=0.2|0.5"}, "expected one value per setting"),
+        ({"federated": "medusa"}, "expected post-hoc merge methods"),
+        ({"merge": "ties", "federated": "linear"}, "'compare' and 'federated' are only"),
+        ({"compare": "ties:density=2"}, "density must be in (0, 1], found 2"),
     ],
 )
 def test_bad_run_config_names_the_key_and_the_expectation(raw, message):
