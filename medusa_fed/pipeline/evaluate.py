@@ -56,7 +56,9 @@ def choose(
         if candidate is None:  # no branch to merge, or a candidate with inf / NaN weights
             continue
         scores = ask(state, transport, choice.label, candidate.merged, "validation", None)
-        score = statistics.fmean(_score(m) for m in scores.values()) if scores else -math.inf
+        if not scores:  # every team failed to score it (they are left out): nothing to compare
+            continue
+        score = statistics.fmean(_score(m) for m in scores.values())
         log.info("eval: %s %s validation score %.4f", choice.label, params, score)
         tried.append({"params": params, "score": score, "teams": scores})
         if best is None or score > best[0]:
