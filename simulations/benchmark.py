@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from clients.team_site import TeamSite
+from medusa_fed.merging import MergeChoice
 from medusa_fed.pipeline import RunOutcome, run_pipeline
 from medusa_fed.run_config import RunConfig
 from medusa_fed.team_config import TeamConfig
@@ -223,17 +224,10 @@ class Bench:
         params = dict(outcome.chosen.get(label_, {}))
         if float(outcome.run["refit-epochs"]) > 0:
             params["refit_epochs"] = float(outcome.run["refit-epochs"])
-        choices = [c for c in self._choices(outcome) if c.label == label_]
-        tried = len(choices[0].candidates()) if choices else 1  # a federated anchor: 1
+        # a label is the method's canonical text: its grid size is read back from it
+        tried = 1 if label_.startswith("fed-") else len(MergeChoice.parse(label_).candidates())
         val = outcome.validation.get(label_, float("nan"))
         return Cell(setting, seed, name, params, val, test, 0.0, tried)
-
-    @staticmethod
-    def _choices(outcome: RunOutcome) -> list[Any]:
-        config = RunConfig.from_mapping(
-            {k: v for k, v in outcome.run.items() if k in ("merge", "compare")}
-        )
-        return [config.merge, *config.compare]
 
     def run(self) -> list[Cell]:
         cells: list[Cell] = []
