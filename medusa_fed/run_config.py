@@ -150,20 +150,24 @@ class RunConfig:
         """Whether masked training continues from the probe (warm-start in a Medusa run)."""
         return self.warm_start and self.uses_ownership
 
+    def round_budget(self, after_probe: bool) -> tuple[float, int]:
+        """One round's (epochs, step cap; 0 = none): the budget, less the probe's when the
+        rounds continue the probe, split evenly over the rounds (steps rounded up)."""
+        epochs = (self.epochs - (self.probe_epochs if after_probe else 0.0)) / self.train_rounds
+        if not self.max_steps:
+            return epochs, 0
+        steps = self.max_steps - (self.probe_max_steps if after_probe else 0)
+        return epochs, -(-steps // self.train_rounds)
+
     @property
     def round_epochs(self) -> float:
-        """The fine-tuning epochs of one round: the budget (less the probe's when warm) split
-        evenly."""
-        return (self.epochs - (self.probe_epochs if self.warm else 0.0)) / self.train_rounds
+        """The fine-tuning epochs of one Medusa round (the probe's counted when warm)."""
+        return self.round_budget(self.warm)[0]
 
     @property
     def round_max_steps(self) -> int:
-        """The step cap of one round (0 = none): the cap (less the probe's when warm) split
-        evenly, at least 1 per round."""
-        if not self.max_steps:
-            return 0
-        steps = self.max_steps - (self.probe_max_steps if self.warm else 0)
-        return -(-steps // self.train_rounds)
+        """The step cap of one Medusa round (0 = none; the probe's counted when warm)."""
+        return self.round_budget(self.warm)[1]
 
     @property
     def uses_ownership(self) -> bool:

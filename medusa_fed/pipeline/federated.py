@@ -11,7 +11,6 @@ re-fit). Each round's replies are stored in ``fed-<method>-round<r>/``, so a res
 from __future__ import annotations
 
 import logging
-import math
 
 from medusa_fed import codec
 from medusa_fed.deltas import StateDict
@@ -92,10 +91,7 @@ def ask_round(
     def build(team: str) -> TrainRequest:
         state.count(team, stage, sent=sent, received=0)
         return TrainRequest(
-            settings=state.settings(
-                cfg.epochs / cfg.rounds,
-                math.ceil(cfg.max_steps / cfg.rounds) if cfg.max_steps else 0,
-            ),
+            settings=state.settings(*cfg.round_budget(after_probe=False)),
             round=r,
             rounds=cfg.rounds,
             branch=stage,
