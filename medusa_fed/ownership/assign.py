@@ -45,6 +45,7 @@ logger = logging.getLogger(__name__)
 
 Policy = Literal["proportional", "argmax", "balanced"]
 Unselected = Literal["random", "frozen"]
+OwnershipUnit = Literal["element", "lora-rank"]
 
 
 def _no_candidate(
