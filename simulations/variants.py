@@ -14,6 +14,8 @@ a 1-epoch head re-fit): exactly what a coordinator would run with those keys.
 - ``cold``: no warm start (the probe is not counted in the branch), 2 rounds;
 - ``no-refit``: the default without the head re-fit (every compared merge then has none either);
 - ``mlr2`` / ``mlr3`` / ``mlr4``: masked training's shared-tensor lr at 2 / 3 / 4 times the lr.
+- ``lora-rank`` (``--method lora`` only): whole LoRA rank components per owner instead of
+  adapter elements.
 
 Two variants of earlier benchmarks are gone because no coordinator setting expresses them: the
 ``lr_scale`` variants (every Medusa branch, uncontrolled ones included, at a scaled lr) and the
@@ -42,6 +44,7 @@ VARIANTS: dict[str, MedusaVariant] = {
         MedusaVariant("cold", (("warm-start", False),)),
         MedusaVariant("no-refit", (("refit-epochs", 0.0),)),
         *(MedusaVariant(f"mlr{k}", (("masked-lr-scale", float(k)),)) for k in (2, 3, 4)),
+        MedusaVariant("lora-rank", (("ownership-unit", "lora-rank"),)),  # --method lora only
     )
 }
 

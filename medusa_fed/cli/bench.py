@@ -25,7 +25,12 @@ ADAPTER_LR = 1e-3  # the adapters' default learning rate (TrainConfig.lr_for)
 
 
 def bench_config(  # type: ignore[no-untyped-def]
-    mode: str, method: str, seeds: str, variants: str, medusa_only: bool = False
+    mode: str,
+    method: str,
+    seeds: str,
+    variants: str,
+    medusa_only: bool = False,
+    model: str = "all-MiniLM-L6-v2",
 ):
     """The BenchConfig of a mode (``quick`` or ``full``), with optional overrides."""
     from simulations.benchmark import FULL_GRID, BenchConfig
@@ -35,7 +40,7 @@ def bench_config(  # type: ignore[no-untyped-def]
         raise typer.BadParameter(f"--mode: expected quick or full, found {mode!r}")
     if method not in ("full", "lora", "ia3"):
         raise typer.BadParameter(f"--method: expected full, lora or ia3, found {method!r}")
-    cfg = BenchConfig(method=method)
+    cfg = BenchConfig(method=method, model=model)
     if method != "full":
         cfg.lr = ADAPTER_LR  # a fresh adapter learns little at full fine-tuning's 1e-4
     if mode == "full":
@@ -46,7 +51,10 @@ def bench_config(  # type: ignore[no-untyped-def]
         cfg.max_train, cfg.max_eval = 1000, 500
         cfg.max_length = 128
         cfg.grid = FULL_GRID
-        cfg.variants = tuple(VARIANTS.values())
+        # lora-rank owns whole LoRA rank components: a variant of LoRA runs only
+        cfg.variants = tuple(
+            v for v in VARIANTS.values() if method == "lora" or v.name != "lora-rank"
+        )
     else:
         cfg.variants = default_variants()
     if seeds:
@@ -69,6 +77,9 @@ def bench(
     method: Annotated[
         str, Option(help="full | lora | ia3 (lr 1e-4 for full, 1e-3 for the adapters)")
     ] = "full",
+    model: Annotated[
+        str, Option(help="Bundled model, smollm2-135m-instruct, or a local HF directory.")
+    ] = "all-MiniLM-L6-v2",
     seeds: Annotated[str, Option(help="Comma-separated seeds (default: the mode's).")] = "",
     variants: Annotated[
         str,
@@ -105,7 +116,15 @@ def bench(
         typer.echo(path.read_text())
         return
 
-    cfg = bench_config(mode, method, seeds, variants, medusa_only)
+    from medusa_fed.errors import MedusaError
+
+    cfg = bench_config(mode, method, seeds, variants, medusa_only, model)
+    try:  # every variant's run config is valid before the first run starts
+        for variant in cfg.variants:
+            cfg.run_config(cfg.seeds[0], variant, out, compare=False)
+    except MedusaError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
     cfg.out = str(out)
     started = time.monotonic()
     cells = Bench(

@@ -32,7 +32,9 @@ def simulate(
     uncontrolled: Annotated[str, Option(help="Comma-separated teams that refuse masks.")] = "",
     out: Annotated[Path, Option(help="Run directory.")] = Path("runs/demo"),
     model: Annotated[str, Option(help="Bundled model or local HF directory.")] = "all-MiniLM-L6-v2",
-    method: Annotated[str, Option(help="full | lora | ia3")] = "full",
+    method: Annotated[
+        str | None, Option(help="full | lora | ia3 (default: lora for a causal LM, else full)")
+    ] = None,
     merge: Annotated[
         str,
         Option(
@@ -113,6 +115,7 @@ def simulate(
     from medusa_fed.errors import MedusaError
     from medusa_fed.report import render_table
     from medusa_fed.run_config import RunConfig
+    from medusa_fed.training.config import default_method
     from simulations.simulate import parse_teams
     from simulations.simulate import simulate as run
 
@@ -120,7 +123,7 @@ def simulate(
         config = RunConfig.from_mapping(
             {
                 "model": model,
-                "method": method,
+                "method": method or default_method(model),
                 "merge": merge,
                 "compare": compare,
                 "federated": federated,

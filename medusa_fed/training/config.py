@@ -22,6 +22,11 @@ def family_of(source: str, family: Family) -> Family:
     return "causal-lm" if source.strip().lower() in PACKAGED_LLM_NAMES else family
 
 
+def default_method(source: str) -> Method:
+    """LoRA for a packaged causal LM (what teams tune LLMs with), full fine-tuning otherwise."""
+    return "lora" if family_of(source, "encoder-classifier") == "causal-lm" else "full"
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """The base model and the fine-tuning method; identical at every site and the coordinator."""
