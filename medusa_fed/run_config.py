@@ -10,12 +10,14 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
-from typing import Any, get_args
+from typing import Any, Literal, get_args
 
 from medusa_fed.errors import ConfigError
 from medusa_fed.merging.spec import MergeChoice
 from medusa_fed.ownership.assign import OwnershipUnit, Policy, Unselected
 from medusa_fed.training.config import Family, Method, family_of
+
+ProbeWeights = Literal["rank", "magnitude"]
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,13 @@ class RunConfig:
     # what one owner gets: an element (the paper), or a whole LoRA rank component (row k of A with
     # column k of B; the merged update is then exactly the sum of each team's own B_k A_k)
     ownership_unit: OwnershipUnit = "element"
+    # what the owner draw compares across teams: each team's per-tensor ranks of its probe values
+    # (no scale of a probe wins a share; medusa_fed/ownership/fairness.py), or raw magnitudes
+    probe_weights: ProbeWeights = "rank"
+    max_share: float = 1.0  # < 1: no controllable team owns more than this fraction of elements
+    # a team's TRAIN upload is refused when its L2 norm exceeds this times the norm of its own
+    # probe on the same elements (owned ones; all for an uncontrolled team); 0 = no bound
+    update_norm_ratio: float = 10.0
     merge: MergeChoice = MergeChoice("medusa")  # the run's main merge
     compare: tuple[MergeChoice, ...] = ()  # post-hoc baselines merged from unmasked branches too
     # federated anchors with the same budget and rounds as Medusa: every team trains unmasked
@@ -90,6 +99,14 @@ class RunConfig:
         if self.ownership_unit == "lora-rank" and self.method != "lora":
             raise ConfigError(
                 f"ownership-unit = lora-rank: expected method = lora, found {self.method!r}"
+            )
+        choice("probe-weights", self.probe_weights, get_args(ProbeWeights))
+        if not 0.0 < self.max_share <= 1.0:  # NaN fails too
+            raise ConfigError(f"max-share must be in (0, 1] (1 = no cap), found {self.max_share}")
+        if not (self.update_norm_ratio >= 0 and math.isfinite(self.update_norm_ratio)):
+            raise ConfigError(
+                f"update-norm-ratio must be >= 0 and finite (0 = no bound), found "
+                f"{self.update_norm_ratio}"
             )
         if not 0.0 < self.probe_density <= 1.0:
             raise ConfigError(f"probe-density must be in (0, 1], found {self.probe_density}")
