@@ -338,3 +338,18 @@ def test_owned_values_scaled_by_1e6_are_refused_by_the_update_norm_bound(run, tm
     assert _status(report)["beta"].startswith("left out: train")
     assert "update L2 norm" in _reasons(tmp_path / "run")
     assert _status(report)["alpha"] == "ok" and _status(report)["gamma"] == "ok"
+
+
+@pytest.mark.parametrize("value", [7.0, -1.0])
+def test_a_metric_out_of_its_range_drops_the_team(run, tmp_path, value):
+    def bad(reply: Message) -> list[Message]:
+        metrics = dict(reply.content[METRICS_KEY])
+        reply.content[METRICS_KEY] = MetricRecord({**metrics, "alone_accuracy": value})
+        return [reply]
+
+    report, _ = run(MSG_TRAIN, bad)
+    assert _status(report)["beta"].startswith("left out: train")
+    assert f"metric 'alone_accuracy': expected a value in [0, 1], found {value}" in _reasons(
+        tmp_path / "run"
+    )
+    assert _status(report)["alpha"] == "ok"
