@@ -40,7 +40,8 @@ class RunConfig:
     probe_weights: ProbeWeights = "rank"
     max_share: float = 1.0  # < 1: no controllable team owns more than this fraction of elements
     # a team's TRAIN upload is refused when its L2 norm exceeds this times the norm of its own
-    # probe on the same elements (owned ones; all for an uncontrolled team); 0 = no bound
+    # probe on the same elements (owned ones; all for an uncontrolled team); 0 = no bound.
+    # Honest rounds measured 0.66-0.74 (MiniLM, 2 rounds) and 1.24 (tiny BERT, 1 round)
     update_norm_ratio: float = 10.0
     merge: MergeChoice = MergeChoice("medusa")  # the run's main merge
     compare: tuple[MergeChoice, ...] = ()  # post-hoc baselines merged from unmasked branches too

@@ -64,8 +64,9 @@ def check_density(sparse: dict[str, SparseDelta], density: float) -> None:
 
 
 # A probe is a short fine-tune: it moves the shared weights by a small fraction of their size
-# (measured: 1e-3 to 1e-2 of the base's L2 norm). One larger than the base itself is no probe; its
-# values would also be the team's warm-start values on the elements it owns.
+# (measured: 0.0013-0.0014 of the base's L2 norm for MiniLM at lr 5e-5, 0.06 for the tests' tiny
+# BERT at lr 3e-3). One larger than the base itself is no probe; its values would also be the
+# team's warm-start values on the elements it owns.
 MAX_PROBE_NORM = 1.0  # times the L2 norm of the base's shared weights
 
 
