@@ -46,9 +46,7 @@ class FleetOnly:
         if scope["type"] == "lifespan":  # the operator listener runs the app's lifespan
             return
         path = str(scope.get("path", ""))
-        if scope["type"] == "http" and (
-            path == "/health" or path.startswith(FLEET_PATHS[0])
-        ):
+        if scope["type"] == "http" and (path == "/health" or path.startswith(FLEET_PATHS[0])):
             await self.app(scope, receive, send)
             return
         body = b'{"detail":"only the Fleet API is served on this address"}'

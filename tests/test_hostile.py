@@ -271,7 +271,9 @@ def _probe_scaled_run(tiny_bert, tiny_tasks, tiny_run_config, out, scale, **over
         reply = sites[BAD].handle(request)
         if isinstance(request, ProbeRequest) and isinstance(reply, ProbeReply):
             shapes = load_base(request.settings.model_spec()).shared_state()
-            sparse = decode_sparse_delta(reply.delta, {n: tuple(t.shape) for n, t in shapes.items()})
+            sparse = decode_sparse_delta(
+                reply.delta, {n: tuple(t.shape) for n, t in shapes.items()}
+            )
             scaled = {
                 n: SparseDelta(s.shape, s.indices, s.values * scale) for n, s in sparse.items()
             }
