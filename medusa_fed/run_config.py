@@ -79,6 +79,10 @@ class RunConfig:
     # false: a team that declares itself uncontrolled (refuses masks, may write every element) is
     # left out at HELLO
     allow_uncontrolled: bool = True
+    # deployment: "alpha=<node id>,beta=<node id>" binds each team name to the node id Flower gave
+    # its registered (authenticated) SuperNode key (`flwr supernode list`); a node that claims
+    # another name, or is not listed, is left out at HELLO. "" = names are not bound (simulation)
+    team_nodes: str = ""
     stage_timeout_s: float = 3600.0  # how long each stage waits for replies
     seed: int = 0
     out_dir: str = "runs/latest"
@@ -148,6 +152,7 @@ class RunConfig:
                 f"masked-lr-scale must be > 0 and finite (1 = the lr unchanged), found "
                 f"{self.masked_lr_scale}"
             )
+        self.team_node_table  # noqa: B018 - parsed once here so a bad table fails at start
         grids = [c.label for c in self.federated if len(c.candidates()) > 1]
         if any(c.method == "medusa" for c in self.federated):
             raise ConfigError(
@@ -165,6 +170,25 @@ class RunConfig:
                 "'federated' are only "
                 "for comparing post-hoc baselines against merge = medusa"
             )
+
+    @property
+    def team_node_table(self) -> dict[int, str]:
+        """node id -> team name, from ``team-nodes`` (empty when names are not bound)."""
+        table: dict[int, str] = {}
+        for item in (x.strip() for x in self.team_nodes.split(",")):
+            if not item:
+                continue
+            team, _, node = item.partition("=")
+            try:
+                node_id = int(node.strip())
+            except ValueError:
+                raise ConfigError(
+                    f"team-nodes: expected team=<node id> items, found {item!r}"
+                ) from None
+            if node_id in table or team.strip() in table.values():
+                raise ConfigError(f"team-nodes: each team and node id once, found {item!r} again")
+            table[node_id] = team.strip()
+        return table
 
     @property
     def train_rounds(self) -> int:

@@ -355,3 +355,23 @@ def test_a_metric_out_of_its_range_drops_the_team(run, tmp_path, value):
         tmp_path / "run"
     )
     assert _status(report)["alpha"] == "ok"
+
+
+def test_a_node_claiming_another_teams_name_is_left_out_when_names_are_bound(run, tmp_path):
+    """Node 2 (registered for beta) says it is alpha: with team-nodes the claim is refused and
+    the real alpha stays in (unbound, both claimants of 'alpha' are left out)."""
+    report, _ = run(MSG_HELLO, lambda r: _config(r, team="alpha"), **{"team-nodes": TABLE})
+    assert _status(report) == {"alpha": "ok", "gamma": "ok"}
+    assert "node 2 says it is team 'alpha', expected 'beta'" in _reasons(tmp_path / "run")
+
+
+def test_a_node_not_in_the_team_table_is_left_out(run, tmp_path):
+    report, _ = run(**{"team-nodes": "alpha=1,gamma=3"})
+    assert _status(report) == {"alpha": "ok", "gamma": "ok"}
+    assert "expected a node listed in team-nodes" in _reasons(tmp_path / "run")
+    for bad in ("alpha=x", "alpha=1,beta=1", "alpha=1,alpha=2"):
+        with pytest.raises(ConfigError, match="team-nodes"):
+            RunConfig.from_mapping({"team-nodes": bad})
+
+
+TABLE = "alpha=1,beta=2,gamma=3"  # the in-process grid's node ids (sorted task names)
