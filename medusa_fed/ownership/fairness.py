@@ -115,11 +115,11 @@ def cap_shares(
     rng = np.random.Generator(np.random.PCG64(seed))
     given = min(int(room.sum()), free.numel())
     split = rng.multivariate_hypergeometric(room, given) if given else np.zeros_like(room)
-    labels = np.concatenate(
+    drawn = np.concatenate(
         [np.repeat(np.arange(len(room), dtype=np.uint8), split)]
         + [np.full(free.numel() - given, NO_OWNER, dtype=np.uint8)]
     )
-    labels = torch.from_numpy(rng.permutation(labels))
+    labels = torch.from_numpy(rng.permutation(drawn))
     for i, n in enumerate(names):
         lo, hi = torch.searchsorted(free, torch.tensor([int(offsets[i]), int(offsets[i + 1])]))
         owners[n][free[lo:hi] - int(offsets[i])] = labels[lo:hi]
