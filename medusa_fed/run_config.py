@@ -79,6 +79,10 @@ class RunConfig:
     # false: a team that declares itself uncontrolled (refuses masks, may write every element) is
     # left out at HELLO
     allow_uncontrolled: bool = True
+    # privacy option, applied at every site (medusa_fed/privacy.py): each probe and TRAIN upload is
+    # clipped to L2 norm dp-clip and every value sent gets N(0, (dp-noise x dp-clip)^2); 0 = off
+    dp_clip: float = 0.0
+    dp_noise: float = 0.0
     # deployment: "alpha=<node id>,beta=<node id>" binds each team name to the node id Flower gave
     # its registered (authenticated) SuperNode key (`flwr supernode list`); a node that claims
     # another name, or is not listed, is left out at HELLO. "" = names are not bound (simulation)
@@ -108,6 +112,15 @@ class RunConfig:
         choice("probe-weights", self.probe_weights, get_args(ProbeWeights))
         if not 0.0 < self.max_share <= 1.0:  # NaN fails too
             raise ConfigError(f"max-share must be in (0, 1] (1 = no cap), found {self.max_share}")
+        if not (self.dp_clip >= 0 and self.dp_noise >= 0 and math.isfinite(self.dp_clip)):
+            raise ConfigError(
+                f"dp-clip and dp-noise must be >= 0 and finite (dp-clip 0 = off), found "
+                f"{self.dp_clip} and {self.dp_noise}"
+            )
+        if self.dp_noise > 0 and not self.dp_clip:
+            raise ConfigError(
+                f"dp-noise {self.dp_noise} needs dp-clip > 0 (the noise is dp-noise x dp-clip)"
+            )
         if not (self.update_norm_ratio >= 0 and math.isfinite(self.update_norm_ratio)):
             raise ConfigError(
                 f"update-norm-ratio must be >= 0 and finite (0 = no bound), found "

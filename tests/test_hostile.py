@@ -375,3 +375,21 @@ def test_a_node_not_in_the_team_table_is_left_out(run, tmp_path):
 
 
 TABLE = "alpha=1,beta=2,gamma=3"  # the in-process grid's node ids (sorted task names)
+
+
+def test_the_privacy_option_clips_every_probe_and_train_upload(run, tmp_path):
+    from medusa_fed.codec import decode_sparse_delta
+
+    report, strategy = run(**{"dp-clip": 0.05, "dp-noise": 0.0})
+    assert set(_status(report).values()) == {"ok"}
+    rd = RunDir(tmp_path / "run", readonly=True)
+    for team in ("alpha", "beta", "gamma"):
+        arrays, _ = rd.read_tensors(f"probe/{team}.safetensors")
+        sparse = decode_sparse_delta(
+            {k: v.numpy() for k, v in arrays.items()}, strategy.state.shapes
+        )
+        probe = sum(float(s.values.double().square().sum()) for s in sparse.values()) ** 0.5
+        delta, _ = rd.read_tensors(f"train/{team}.safetensors")
+        trained = sum(float(t.double().square().sum()) for t in delta.values()) ** 0.5
+        assert probe == pytest.approx(0.05, rel=0.01)  # honest probes are ~0.75: all clipped
+        assert trained <= 0.05 * 1.0001

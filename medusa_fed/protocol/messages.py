@@ -61,6 +61,10 @@ class Settings:
     max_eval: int  # cap on validation and test examples
     seed: int
     eval_before: bool  # also train and score the floor (base + a head trained alone)
+    # privacy option (medusa_fed/privacy.py): the site clips each probe / TRAIN upload to this L2
+    # norm and adds N(0, (dp_noise x dp_clip)^2) to every value it sends; 0 = off
+    dp_clip: float = 0.0
+    dp_noise: float = 0.0
 
     def model_spec(self) -> ModelSpec:
         return ModelSpec(source=self.model, family=self.model_family, method=self.method)
