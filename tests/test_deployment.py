@@ -161,7 +161,8 @@ class Federation:
             text=True,
             timeout=timeout,
             cwd=self.root,
-            env={**self.env, "FLWR_HOME": str(self.root / "home" / home)},
+            # wide: flwr's boxed messages must not wrap inside the words a test looks for
+            env={**self.env, "FLWR_HOME": str(self.root / "home" / home), "COLUMNS": "250"},
         )
 
     # ------------------------------------------------------------------ SuperLink
@@ -434,7 +435,8 @@ def test_a_site_cannot_reach_the_control_api(federation: Federation, tmp_path: P
     # Assert: every Control call refused; nothing changed for the registered teams
     for what, out in attempts.items():
         assert out.returncode != 0, (what, out)
-        assert "only the Fleet API is served on this address" in out.stdout, (what, out)
+        said = " ".join((out.stdout + out.stderr).replace("│", " ").split())
+        assert "only the Fleet API is served on this address" in said, (what, out)
     for path in ("/v1/control/list-nodes", "/v1/runtime/get-run", "/docs"):
         r = httpx.post(
             f"https://{federation.fleet_address}{path}",
