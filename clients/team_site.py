@@ -29,6 +29,7 @@ from medusa_fed.codec.layout import Payload
 from medusa_fed.codec.records import arrays_from_record, record_from_arrays
 from medusa_fed.deltas import StateDict
 from medusa_fed.errors import ConfigError, MedusaError
+from medusa_fed.privacy import private_delta, private_probe
 from medusa_fed.protocol import (
     PROTOCOL_VERSION,
     BranchReply,
@@ -208,9 +209,12 @@ class TeamSite:
         result = probe(base, self.data(settings), settings.train_config(), density=request.density)
         if result.head:  # a warm-started round 1 continues it (warm-start = true)
             self._keep_head("probe", result.head)
+        sparse = result.sparse
+        if settings.dp_clip > 0:  # the privacy option: clip + Gaussian noise on the values sent
+            sparse = private_probe(sparse, settings.dp_clip, settings.dp_noise)
         return ProbeReply(
             sender=self.sender(settings),
-            delta=encode_sparse_delta(result.sparse),
+            delta=encode_sparse_delta(sparse),
             metrics={k: float(v) for k, v in result.metrics.items()},
         )
 
@@ -230,8 +234,12 @@ class TeamSite:
             shared_lr_scale=request.masked_lr_scale,
             budget=(request.budget_epochs, request.budget_max_steps),
         )
+        settings = request.settings
+        if settings.dp_clip > 0:  # the privacy option: clip + Gaussian noise on the values sent
+            noised = private_delta(result.delta, mask, settings.dp_clip, settings.dp_noise)
+            result = replace(result, delta=noised)
         payload = encode_owned_values(result.delta, mask) if mask is not None else None
-        return self._branch_reply(request.settings, payload, result)
+        return self._branch_reply(settings, payload, result)
 
     def free(self, request: FreeRequest) -> BranchReply:
         """An unmasked fine-tune from the base (the compared post-hoc merges' branch)."""

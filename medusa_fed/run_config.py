@@ -10,12 +10,14 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
-from typing import Any, get_args
+from typing import Any, Literal, get_args
 
 from medusa_fed.errors import ConfigError
 from medusa_fed.merging.spec import MergeChoice
 from medusa_fed.ownership.assign import OwnershipUnit, Policy, Unselected
 from medusa_fed.training.config import Family, Method, family_of
+
+ProbeWeights = Literal["rank", "magnitude"]
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,14 @@ class RunConfig:
     # what one owner gets: an element (the paper), or a whole LoRA rank component (row k of A with
     # column k of B; the merged update is then exactly the sum of each team's own B_k A_k)
     ownership_unit: OwnershipUnit = "element"
+    # what the owner draw compares across teams: each team's per-tensor ranks of its probe values
+    # (no scale of a probe wins a share; medusa_fed/ownership/fairness.py), or raw magnitudes
+    probe_weights: ProbeWeights = "rank"
+    max_share: float = 1.0  # < 1: no controllable team owns more than this fraction of elements
+    # a team's TRAIN upload is refused when its L2 norm exceeds this times the norm of its own
+    # probe on the same elements (owned ones; all for an uncontrolled team); 0 = no bound.
+    # Honest rounds measured 0.66-0.74 (MiniLM, 2 rounds) and 1.24 (tiny BERT, 1 round)
+    update_norm_ratio: float = 10.0
     merge: MergeChoice = MergeChoice("medusa")  # the run's main merge
     compare: tuple[MergeChoice, ...] = ()  # post-hoc baselines merged from unmasked branches too
     # federated anchors with the same budget and rounds as Medusa: every team trains unmasked
@@ -69,6 +79,14 @@ class RunConfig:
     # false: a team that declares itself uncontrolled (refuses masks, may write every element) is
     # left out at HELLO
     allow_uncontrolled: bool = True
+    # privacy option, applied at every site (medusa_fed/privacy.py): each probe and TRAIN upload is
+    # clipped to L2 norm dp-clip and every value sent gets N(0, (dp-noise x dp-clip)^2); 0 = off
+    dp_clip: float = 0.0
+    dp_noise: float = 0.0
+    # deployment: "alpha=<node id>,beta=<node id>" binds each team name to the node id Flower gave
+    # its registered (authenticated) SuperNode key (`flwr supernode list`); a node that claims
+    # another name, or is not listed, is left out at HELLO. "" = names are not bound (simulation)
+    team_nodes: str = ""
     stage_timeout_s: float = 3600.0  # how long each stage waits for replies
     seed: int = 0
     out_dir: str = "runs/latest"
@@ -90,6 +108,23 @@ class RunConfig:
         if self.ownership_unit == "lora-rank" and self.method != "lora":
             raise ConfigError(
                 f"ownership-unit = lora-rank: expected method = lora, found {self.method!r}"
+            )
+        choice("probe-weights", self.probe_weights, get_args(ProbeWeights))
+        if not 0.0 < self.max_share <= 1.0:  # NaN fails too
+            raise ConfigError(f"max-share must be in (0, 1] (1 = no cap), found {self.max_share}")
+        if not (self.dp_clip >= 0 and self.dp_noise >= 0 and math.isfinite(self.dp_clip)):
+            raise ConfigError(
+                f"dp-clip and dp-noise must be >= 0 and finite (dp-clip 0 = off), found "
+                f"{self.dp_clip} and {self.dp_noise}"
+            )
+        if self.dp_noise > 0 and not self.dp_clip:
+            raise ConfigError(
+                f"dp-noise {self.dp_noise} needs dp-clip > 0 (the noise is dp-noise x dp-clip)"
+            )
+        if not (self.update_norm_ratio >= 0 and math.isfinite(self.update_norm_ratio)):
+            raise ConfigError(
+                f"update-norm-ratio must be >= 0 and finite (0 = no bound), found "
+                f"{self.update_norm_ratio}"
             )
         if not 0.0 < self.probe_density <= 1.0:
             raise ConfigError(f"probe-density must be in (0, 1], found {self.probe_density}")
@@ -130,6 +165,7 @@ class RunConfig:
                 f"masked-lr-scale must be > 0 and finite (1 = the lr unchanged), found "
                 f"{self.masked_lr_scale}"
             )
+        self.team_node_table  # noqa: B018 - parsed once here so a bad table fails at start
         grids = [c.label for c in self.federated if len(c.candidates()) > 1]
         if any(c.method == "medusa" for c in self.federated):
             raise ConfigError(
@@ -147,6 +183,25 @@ class RunConfig:
                 "'federated' are only "
                 "for comparing post-hoc baselines against merge = medusa"
             )
+
+    @property
+    def team_node_table(self) -> dict[int, str]:
+        """node id -> team name, from ``team-nodes`` (empty when names are not bound)."""
+        table: dict[int, str] = {}
+        for item in (x.strip() for x in self.team_nodes.split(",")):
+            if not item:
+                continue
+            team, _, node = item.partition("=")
+            try:
+                node_id = int(node.strip())
+            except ValueError:
+                raise ConfigError(
+                    f"team-nodes: expected team=<node id> items, found {item!r}"
+                ) from None
+            if node_id in table or team.strip() in table.values():
+                raise ConfigError(f"team-nodes: each team and node id once, found {item!r} again")
+            table[node_id] = team.strip()
+        return table
 
     @property
     def train_rounds(self) -> int:

@@ -80,7 +80,8 @@ class Federation:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.port = free_port()
-        self.address = f"127.0.0.1:{self.port}"
+        self.address = f"127.0.0.1:{self.port}"  # every API: the coordinator's operator only
+        self.fleet_address = f"127.0.0.1:{free_port()}"  # the Fleet API only: what sites get
         self.certs = write_superlink_certs(root / "certs")
         self.keys = root / "keys"
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
@@ -88,6 +89,10 @@ class Federation:
         self.env = {
             **os.environ,
             "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+            # `python -m strategies.superlink` from the test's directory imports this checkout
+            "PYTHONPATH": os.pathsep.join(
+                p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p
+            ),
             "HF_HUB_OFFLINE": "1",
             "TRANSFORMERS_OFFLINE": "1",
             "TOKENIZERS_PARALLELISM": "false",
@@ -100,6 +105,12 @@ class Federation:
         (cli_home / "config.toml").write_text(
             '[superlink]\ndefault = "medusa"\n\n[superlink.medusa]\n'
             f'address = "{self.address}"\nroot-certificates = "{self.certs.ca_cert}"\n'
+        )
+        site_home = root / "home" / "site-cli"  # a site's flwr: its address and ca.crt only
+        site_home.mkdir(parents=True)
+        (site_home / "config.toml").write_text(
+            '[superlink]\ndefault = "medusa"\n\n[superlink.medusa]\n'
+            f'address = "{self.fleet_address}"\nroot-certificates = "{self.certs.ca_cert}"\n'
         )
 
     # ------------------------------------------------------------------ processes
@@ -140,14 +151,18 @@ class Federation:
     def log(self, name: str) -> str:
         return (self.root / f"{name}.log").read_text(errors="replace")
 
-    def flwr(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    def flwr(
+        self, *args: str, timeout: float = 60, home: str = "cli"
+    ) -> subprocess.CompletedProcess[str]:
+        """``flwr`` as the coordinator's operator (home "cli") or as a site ("site-cli")."""
         return subprocess.run(
             [str(BIN / "flwr"), *args],
             capture_output=True,
             text=True,
             timeout=timeout,
             cwd=self.root,
-            env={**self.env, "FLWR_HOME": str(self.root / "home" / "cli")},
+            # wide: flwr's boxed messages must not wrap inside the words a test looks for
+            env={**self.env, "FLWR_HOME": str(self.root / "home" / home), "COLUMNS": "250"},
         )
 
     # ------------------------------------------------------------------ SuperLink
@@ -155,7 +170,13 @@ class Federation:
         self.start(
             "superlink",
             [
-                str(BIN / "flower-superlink"),
+                sys.executable,
+                "-m",
+                "strategies.superlink",
+                "--fleet-host",
+                "127.0.0.1",
+                "--fleet-port",
+                self.fleet_address.rsplit(":", 1)[1],
                 "--ssl-ca-certfile",
                 str(self.certs.ca_cert),
                 "--ssl-certfile",
@@ -173,11 +194,12 @@ class Federation:
         deadline = time.monotonic() + START_S
         while time.monotonic() < deadline:
             with contextlib.suppress(httpx.HTTPError):
-                if (
+                if all(
                     httpx.get(
-                        f"https://{self.address}/health", verify=str(self.certs.ca_cert), timeout=2
+                        f"https://{a}/health", verify=str(self.certs.ca_cert), timeout=2
                     ).status_code
                     == 200
+                    for a in (self.address, self.fleet_address)
                 ):
                     return
             if self.procs["superlink"].poll() is not None:
@@ -204,7 +226,7 @@ class Federation:
         argv = [
             str(BIN / "flower-supernode"),
             "--superlink",
-            self.address,
+            self.fleet_address,
             "--port",
             str(free_port()),
             "--node-config",
@@ -382,6 +404,67 @@ def test_supernode_without_the_ca_certificate_cannot_connect(federation: Federat
     log = _refused(federation, "eve")
     assert "CERTIFICATE_VERIFY_FAILED" in log, log
     assert federation.nodes() == federation.team_nodes
+
+
+def _runs(fed: Federation) -> list[int]:
+    out = fed.flwr("ls", "medusa", "--format", "json")
+    assert out.returncode == 0, out
+    return sorted(int(r["run-id"]) for r in json.loads(out.stdout)["runs"])
+
+
+def test_a_site_cannot_reach_the_control_api(federation: Federation, tmp_path: Path):
+    """A site holds the Fleet address and ca.crt: registering its own key, unregistering another
+    team's node and starting its own app all fail there (403); the teams stay online."""
+    # Prepare
+    runs_before = _runs(federation)
+    mallory = write_team_keys(tmp_path, "mallory")
+    alpha_node = sorted(federation.team_nodes)[0]
+    # Execute: the three hijacks, as a site
+    attempts = {
+        "register": federation.flwr(
+            "supernode", "register", str(mallory.public_key), "medusa", home="site-cli"
+        ),
+        "unregister": federation.flwr(
+            "supernode", "unregister", alpha_node, "medusa", home="site-cli"
+        ),
+        "run": federation.flwr(
+            "run", str(PAYLOAD_APP), "medusa", "--run-config", "result='x'", home="site-cli"
+        ),
+        "list": federation.flwr("supernode", "list", "medusa", home="site-cli"),
+    }
+    # Assert: every Control call refused; nothing changed for the registered teams
+    for what, out in attempts.items():
+        assert out.returncode != 0, (what, out)
+        said = " ".join((out.stdout + out.stderr).replace("│", " ").split())
+        assert "only the Fleet API is served on this address" in said, (what, out)
+    for path in ("/v1/control/list-nodes", "/v1/runtime/get-run", "/docs"):
+        r = httpx.post(
+            f"https://{federation.fleet_address}{path}",
+            verify=str(federation.certs.ca_cert),
+            timeout=10,
+        )
+        assert r.status_code == 403 and "only the Fleet API" in r.text, (path, r.text)
+    assert federation.nodes() == federation.team_nodes
+    assert _runs(federation) == runs_before
+
+
+def test_the_superlink_refuses_to_serve_the_control_api_off_loopback(tmp_path: Path):
+    certs = write_superlink_certs(tmp_path / "certs")
+    argv = [
+        *("--fleet-host", "127.0.0.1", "--fleet-port", str(free_port())),
+        *("--ssl-ca-certfile", str(certs.ca_cert), "--ssl-certfile", str(certs.server_cert)),
+        *("--ssl-keyfile", str(certs.server_key), "--enable-supernode-auth"),
+        *("--host", "0.0.0.0", "--port", str(free_port())),
+    ]
+    out = subprocess.run(
+        [sys.executable, "-m", "strategies.superlink", *argv],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+    )
+    assert out.returncode == 1
+    assert "--host: expected a loopback address" in out.stderr and "found '0.0.0.0'" in out.stderr
 
 
 def test_large_payloads_cross_the_superlink_bit_for_bit(federation: Federation, tmp_path: Path):

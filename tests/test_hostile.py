@@ -251,3 +251,145 @@ def test_a_federated_anchor_that_overflows_is_left_out_and_the_run_goes_on(run, 
     report, _ = run(MSG_TRAIN, huge, federated="task_arithmetic:scale=10,linear", rounds=1)
     assert "fed-task_arithmetic:scale=10" not in report["methods"]
     assert report["methods"][0] == "medusa" and "fed-linear" in report["methods"]
+
+
+def _probe_scaled_run(tiny_bert, tiny_tasks, tiny_run_config, out, scale, **overrides):  # type: ignore[no-untyped-def]
+    """A run where team beta multiplies its (honest, top-d) probe values by ``scale``."""
+    from clients.team_site import TeamSite
+    from medusa_fed.codec import decode_sparse_delta, encode_sparse_delta
+    from medusa_fed.deltas import SparseDelta
+    from medusa_fed.pipeline import DirectTransport, run_pipeline
+    from medusa_fed.protocol import ProbeReply, ProbeRequest
+    from medusa_fed.team_config import TeamConfig
+
+    sites = {
+        i + 1: TeamSite(TeamConfig(n, str(p)))
+        for i, (n, p) in enumerate(sorted(tiny_tasks.items()))
+    }
+
+    def greedy(request):  # type: ignore[no-untyped-def]
+        reply = sites[BAD].handle(request)
+        if isinstance(request, ProbeRequest) and isinstance(reply, ProbeReply):
+            shapes = load_base(request.settings.model_spec()).shared_state()
+            sparse = decode_sparse_delta(
+                reply.delta, {n: tuple(t.shape) for n, t in shapes.items()}
+            )
+            scaled = {
+                n: SparseDelta(s.shape, s.indices, s.values * scale) for n, s in sparse.items()
+            }
+            return ProbeReply(reply.sender, encode_sparse_delta(scaled), reply.metrics)
+        return reply
+
+    handlers = {n: s.handle for n, s in sites.items()} | {BAD: greedy}
+    cfg = tiny_run_config(tiny_bert, out, epochs=1, **overrides)
+    report = run_pipeline(cfg, load_base(model_spec(cfg)), DirectTransport(handlers)).report()
+    return report, {t["name"]: t["owned_share"] for t in report["teams"]}
+
+
+@pytest.mark.parametrize("weights", ["rank", "magnitude"])
+def test_a_probe_scaled_up_gains_no_share_under_rank_weights(
+    tiny_bert, tiny_tasks, tiny_run_config, tmp_path, weights
+):
+    """Scaled by 8 (a top-d probe, under the norm bound): with magnitudes (the old default) beta
+    wins most contested elements; with ranks (the default) its map is the honest one."""
+    kw = {"probe-density": 0.5, "probe-weights": weights}
+    _, honest = _probe_scaled_run(
+        tiny_bert, tiny_tasks, tiny_run_config, tmp_path / "honest", 1.0, **kw
+    )
+    report, greedy = _probe_scaled_run(
+        tiny_bert, tiny_tasks, tiny_run_config, tmp_path / "greedy", 8.0, **kw
+    )
+    assert set(_status(report).values()) == {"ok"}
+    if weights == "rank":
+        assert greedy == honest
+        assert greedy["beta"] < 0.4
+    else:  # what the rank weights close
+        assert greedy["beta"] > honest["beta"] + 0.1
+
+
+def test_a_probe_scaled_by_1e30_is_refused_by_its_norm(
+    tiny_bert, tiny_tasks, tiny_run_config, tmp_path
+):
+    report, shares = _probe_scaled_run(
+        tiny_bert, tiny_tasks, tiny_run_config, tmp_path / "run", 1e30
+    )
+    assert _status(report)["beta"].startswith("left out: probe")
+    assert "probe L2 norm" in _reasons(tmp_path / "run")
+    assert shares["alpha"] == pytest.approx(0.5, abs=0.1)
+
+
+def test_a_share_cap_holds_in_a_run(run, tmp_path):
+    report, _ = run(**{"max-share": 0.3})
+    shares = {t["name"]: t["owned_share"] for t in report["teams"]}
+    assert set(_status(report).values()) == {"ok"}
+    assert max(shares.values()) <= 0.3 and min(shares.values()) > 0.25
+
+
+def test_owned_values_scaled_by_1e6_are_refused_by_the_update_norm_bound(run, tmp_path):
+    from medusa_fed.codec.records import arrays_from_record
+    from medusa_fed.protocol import ARRAYS_KEY
+
+    def inflate(reply: Message) -> list[Message]:
+        arrays = arrays_from_record(reply.content[ARRAYS_KEY])
+        reply.content[ARRAYS_KEY] = record_from_arrays(
+            {k: v * 1e6 if k.endswith("::owned") else v for k, v in arrays.items()}
+        )
+        return [reply]
+
+    report, _ = run(MSG_TRAIN, inflate)
+    assert _status(report)["beta"].startswith("left out: train")
+    assert "update L2 norm" in _reasons(tmp_path / "run")
+    assert _status(report)["alpha"] == "ok" and _status(report)["gamma"] == "ok"
+
+
+@pytest.mark.parametrize("value", [7.0, -1.0])
+def test_a_metric_out_of_its_range_drops_the_team(run, tmp_path, value):
+    def bad(reply: Message) -> list[Message]:
+        metrics = dict(reply.content[METRICS_KEY])
+        reply.content[METRICS_KEY] = MetricRecord({**metrics, "alone_accuracy": value})
+        return [reply]
+
+    report, _ = run(MSG_TRAIN, bad)
+    assert _status(report)["beta"].startswith("left out: train")
+    assert f"metric 'alone_accuracy': expected a value in [0, 1], found {value}" in _reasons(
+        tmp_path / "run"
+    )
+    assert _status(report)["alpha"] == "ok"
+
+
+def test_a_node_claiming_another_teams_name_is_left_out_when_names_are_bound(run, tmp_path):
+    """Node 2 (registered for beta) says it is alpha: with team-nodes the claim is refused and
+    the real alpha stays in (unbound, both claimants of 'alpha' are left out)."""
+    report, _ = run(MSG_HELLO, lambda r: _config(r, team="alpha"), **{"team-nodes": TABLE})
+    assert _status(report) == {"alpha": "ok", "gamma": "ok"}
+    assert "node 2 says it is team 'alpha', expected 'beta'" in _reasons(tmp_path / "run")
+
+
+def test_a_node_not_in_the_team_table_is_left_out(run, tmp_path):
+    report, _ = run(**{"team-nodes": "alpha=1,gamma=3"})
+    assert _status(report) == {"alpha": "ok", "gamma": "ok"}
+    assert "expected a node listed in team-nodes" in _reasons(tmp_path / "run")
+    for bad in ("alpha=x", "alpha=1,beta=1", "alpha=1,alpha=2"):
+        with pytest.raises(ConfigError, match="team-nodes"):
+            RunConfig.from_mapping({"team-nodes": bad})
+
+
+TABLE = "alpha=1,beta=2,gamma=3"  # the in-process grid's node ids (sorted task names)
+
+
+def test_the_privacy_option_clips_every_probe_and_train_upload(run, tmp_path):
+    from medusa_fed.codec import decode_sparse_delta
+
+    report, strategy = run(**{"dp-clip": 0.05, "dp-noise": 0.0})
+    assert set(_status(report).values()) == {"ok"}
+    rd = RunDir(tmp_path / "run", readonly=True)
+    for team in ("alpha", "beta", "gamma"):
+        arrays, _ = rd.read_tensors(f"probe/{team}.safetensors")
+        sparse = decode_sparse_delta(
+            {k: v.numpy() for k, v in arrays.items()}, strategy.state.shapes
+        )
+        probe = sum(float(s.values.double().square().sum()) for s in sparse.values()) ** 0.5
+        delta, _ = rd.read_tensors(f"train/{team}.safetensors")
+        trained = sum(float(t.double().square().sum()) for t in delta.values()) ** 0.5
+        assert probe == pytest.approx(0.05, rel=0.01)  # honest probes are ~0.75: all clipped
+        assert trained <= 0.05 * 1.0001

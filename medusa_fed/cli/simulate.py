@@ -64,6 +64,15 @@ def simulate(
         str, Option(help="What one owner gets: element | lora-rank (whole LoRA rank components).")
     ] = "element",
     probe_density: Annotated[float, Option(help="Top-d fraction of each probe delta.")] = 0.2,
+    probe_weights: Annotated[
+        str, Option(help="What the owner draw compares: rank (default) | magnitude")
+    ] = "rank",
+    dp_clip: Annotated[
+        float, Option(help="Privacy option: L2 clip of each site upload (0 = off).")
+    ] = 0.0,
+    dp_noise: Annotated[
+        float, Option(help="Privacy option: Gaussian noise std as a multiple of --dp-clip.")
+    ] = 0.0,
     probe_epochs: Annotated[float, Option(help="Probe budget in epochs.")] = 1.0,
     epochs: Annotated[
         float, Option(help="Fine-tuning epochs per team (all rounds; the probe's too if warm).")
@@ -131,6 +140,9 @@ def simulate(
                 "unselected": unselected,
                 "ownership-unit": ownership_unit,
                 "probe-density": probe_density,
+                "probe-weights": probe_weights,
+                "dp-clip": dp_clip,
+                "dp-noise": dp_noise,
                 "probe-epochs": probe_epochs,
                 "epochs": epochs,
                 "lr": lr,

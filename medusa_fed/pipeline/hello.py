@@ -35,8 +35,22 @@ def hello(state: RunState, transport: Transport) -> None:
     node_of = state.roster.node_of
     state.roster = Roster()
     claims: dict[str, list[str]] = {}
+    bound = state.config.team_node_table
     for placeholder, reply in replies.items():
-        if TEAM_NAME.fullmatch(reply.team):
+        if bound and bound.get(node_of[placeholder]) != reply.team:
+            registered = bound.get(node_of[placeholder])
+            state.reject(
+                placeholder,
+                "hello",
+                f"node {node_of[placeholder]} says it is team {reply.team[:80]!r}, expected "
+                + (
+                    f"{registered!r} (the team its key was registered for, team-nodes)"
+                    if registered
+                    else "a node listed in team-nodes (its key was registered for no team)"
+                )
+                + "; the node is left out",
+            )
+        elif TEAM_NAME.fullmatch(reply.team):
             claims.setdefault(reply.team, []).append(placeholder)
         else:
             state.reject(

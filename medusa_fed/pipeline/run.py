@@ -83,9 +83,10 @@ def run_stages(state: RunState, transport: Transport, *, history: bool = True) -
 
 
 # Keys that change nothing already stored: where the run writes, how long it waits, how many teams
-# it needs, which methods it also compares (each is stored under its own label).
+# it needs, which methods it also compares (each is stored under its own label), which node id is
+# which team (node ids change when SuperNodes register again).
 RESTART_FREE = frozenset(
-    {"out-dir", "store", "stage-timeout-s", "min-teams", "compare", "federated"}
+    {"out-dir", "store", "stage-timeout-s", "min-teams", "compare", "federated", "team-nodes"}
 )
 
 

@@ -118,6 +118,8 @@ class RunState:
             max_eval=c.max_eval,
             seed=c.seed,
             eval_before=c.eval_before,
+            dp_clip=c.dp_clip,
+            dp_noise=c.dp_noise,
         )
 
     def check_sender(self, team: str, sender: Sender) -> None:

@@ -18,7 +18,7 @@ import logging
 import torch
 
 from medusa_fed import codec
-from medusa_fed.deltas import StateDict
+from medusa_fed.deltas import SparseDelta, StateDict
 from medusa_fed.errors import MedusaError, PayloadError
 from medusa_fed.merging.rounds import add_round, owned_probe, round_start
 from medusa_fed.pipeline.probe import load_probes
@@ -111,8 +111,12 @@ def train_round(
         )
 
     replies = send(state, transport, stage, build, BranchReply, teams=todo)
+    probes = load_probes(state) if cfg.update_norm_ratio > 0 else {}
     for team, reply in replies.items():
-        store_branch(state, team, stage, reply, masks.get(team))
+        bound = None
+        if team in probes:  # owned elements (every element for an uncontrolled team)
+            bound = cfg.update_norm_ratio * probe_norm(probes[team], masks.get(team))
+        store_branch(state, team, stage, reply, masks.get(team), bound)
 
 
 def train_free(state: RunState, transport: Transport) -> None:
@@ -132,8 +136,10 @@ def store_branch(
     stage: str,
     reply: BranchReply,
     mask: dict[str, torch.Tensor] | None,
+    max_norm: float | None = None,
 ) -> None:
-    """Validate one training reply completely, then store it (payload, head, metrics)."""
+    """Validate one training reply completely, then store it (payload, head, metrics);
+    ``max_norm`` bounds the L2 norm of the delta (None = no bound)."""
     limit = state.max_payload_bytes
     try:
         state.check_sender(team, reply.sender)
@@ -146,6 +152,8 @@ def store_branch(
             if reply.head is not None
             else {}
         )
+        if max_norm is not None:
+            check_update_norm(team, delta, max_norm, state.config.update_norm_ratio)
         metrics = finite(reply.metrics)
         shared = sorted(set(head) & set(state.shapes))
         if shared:
@@ -159,6 +167,36 @@ def store_branch(
     commit_branch(state, stage, team, delta, head, metrics)
     prev = state.bytes.get(team, {}).get(stage, {}).get("sent", 0)
     state.count(team, stage, sent=prev, received=codec.payload_nbytes(reply.delta))
+
+
+def probe_norm(probe: dict[str, SparseDelta], mask: dict[str, torch.Tensor] | None) -> float:
+    """L2 norm of a team's probe on the elements of ``mask`` (all of them when None)."""
+    total = 0.0
+    for name, d in probe.items():
+        values = d.values.double()
+        if mask is not None:
+            values = values[mask[name].reshape(-1)[d.indices]]
+        total += float(values.square().sum())
+    return total**0.5
+
+
+def check_update_norm(team: str, delta: StateDict, max_norm: float, ratio: float) -> None:
+    """Refuse a delta whose L2 norm exceeds ``max_norm`` (``ratio`` x the team's own probe on
+    the same elements): a team's training may move its elements further than its probe did, but
+    not by orders of magnitude (values scaled by 1e6 would drive every team to chance)."""
+    norm = sum(float(t.double().square().sum()) for t in delta.values()) ** 0.5
+    log.info(
+        "train: team %r update norm %.4g = %.3g x its probe's on the same elements",
+        team,
+        norm,
+        norm * ratio / max_norm if max_norm > 0 else float("inf"),
+    )
+    if norm > max_norm:
+        raise PayloadError(
+            f"update L2 norm {norm:.4g}: expected at most {max_norm:.4g} (update-norm-ratio "
+            f"{ratio:g} x the norm of the team's own probe on the same elements); payload "
+            "rejected, other teams unaffected"
+        )
 
 
 def commit_branch(

@@ -61,6 +61,10 @@ class Settings:
     max_eval: int  # cap on validation and test examples
     seed: int
     eval_before: bool  # also train and score the floor (base + a head trained alone)
+    # privacy option (medusa_fed/privacy.py): the site clips each probe / TRAIN upload to this L2
+    # norm and adds N(0, (dp_noise x dp_clip)^2) to every value it sends; 0 = off
+    dp_clip: float = 0.0
+    dp_noise: float = 0.0
 
     def model_spec(self) -> ModelSpec:
         return ModelSpec(source=self.model, family=self.model_family, method=self.method)
@@ -174,14 +178,46 @@ class EvalReply:
     head: Payload | None = field(default=None, metadata=record(HEAD_KEY))  # the re-fitted head
 
 
+# The range of every metric a team site reports (by name, or as the suffix after a prefix such
+# as ``alone_``); a metric not named here need only be finite.
+METRIC_RANGES: dict[str, tuple[float, float]] = {
+    "accuracy": (0.0, 1.0),
+    "macro_f1": (0.0, 1.0),
+    "loss": (0.0, math.inf),
+    "train_loss": (0.0, math.inf),
+    "final_loss": (0.0, math.inf),
+    "perplexity": (1.0, math.inf),
+    "steps": (0.0, math.inf),
+    "seconds": (0.0, math.inf),
+    "examples": (0.0, math.inf),
+    "num_examples": (0.0, math.inf),
+    "tokens": (0.0, math.inf),
+}
+
+
+def metric_range(key: str) -> tuple[float, float] | None:
+    """The allowed [low, high] of metric ``key`` (``alone_accuracy`` -> accuracy's), or None."""
+    for name, bounds in METRIC_RANGES.items():
+        if key == name or key.endswith("_" + name):
+            return bounds
+    return None
+
+
 def finite_metrics(metrics: Mapping[str, object]) -> dict[str, float]:
-    """``metrics`` as finite floats; PayloadError naming the first bad one (every receiver of a
-    reply's metrics checks them with this)."""
+    """``metrics`` as finite floats within each metric's range (:data:`METRIC_RANGES`);
+    PayloadError naming the first bad one (every receiver of a reply's metrics checks them with
+    this)."""
     out = {}
     for key, value in metrics.items():
         number = isinstance(value, int | float) and not isinstance(value, bool)
         if not number or not math.isfinite(value):  # type: ignore[arg-type]
             raise PayloadError(f"metric {key!r}: expected a finite number, found {value!r}")
+        bounds = metric_range(str(key))
+        if bounds is not None and not bounds[0] <= float(value) <= bounds[1]:  # type: ignore[arg-type]
+            raise PayloadError(
+                f"metric {key!r}: expected a value in [{bounds[0]:g}, {bounds[1]:g}], found "
+                f"{value!r}"
+            )
         out[str(key)] = float(value)  # type: ignore[arg-type]
     return out
 
