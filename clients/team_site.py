@@ -147,7 +147,8 @@ class TeamSite:
         head = self.kept_head(previous)
         if head is None and request.head is not None:
             head = decode_dense(request.head, None)
-        if head is None and previous == "probe":  # warm start; the probe head never leaves
+        classifier = request.settings.model_family == "encoder-classifier"  # a causal LM: none
+        if head is None and previous == "probe" and classifier:  # the probe head never leaves
             log.warning(
                 "team %r: the probe's head is gone (site restarted?); round 1 starts a fresh head",
                 self.team.name,
