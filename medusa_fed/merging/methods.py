@@ -145,7 +145,7 @@ def baseline_delta(
             kept_touch.add_(sparse != 0)
             masks.append((mask, rescale))  # one byte per element; reused in pass 2
         acc.add_(sparse)
-        del sparse, mask
+        del sparse, mask, d  # a lazy branch holds one delta at a time
     overlap = int(torch.count_nonzero(touch > 1))
     del touch
     elected = discarded = 0
