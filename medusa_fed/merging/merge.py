@@ -48,6 +48,11 @@ class _Pairs(Sequence[tuple[str, torch.Tensor]]):
     def __len__(self) -> int:
         return len(self._branches)
 
+    @property
+    def branches(self) -> list[str]:
+        """The branch names, in order, without fetching any delta."""
+        return list(self._branches)
+
     @overload
     def __getitem__(self, i: int) -> tuple[str, torch.Tensor]: ...
     @overload
