@@ -202,3 +202,53 @@ def test_folder_merge_streams_into_loadable_shards(tmp_path):
     assert all(torch.equal(found[n], expected[n]) for n in expected)
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "out").state_dict()
     assert torch.equal(loaded["model.norm.weight"], expected["model.norm.weight"])
+
+
+# SHA-256 of every merged tensor's bytes (sorted by name) from _golden_inputs, as the merge code
+# computed them before the streaming change (commit 97002bc). Spectral methods (an SVD, whose
+# last bits depend on the LAPACK build) are covered by the streamed-vs-in-memory test above.
+BEFORE = {
+    "medusa": "1647b591060fd82b9674a852ecf6c0c018022d75299dc3ba2a591c42caf0f36f",
+    "medusa+unc": "03de91dd2557787e2050a224817bb62e9abff6f7201ca58014c1ebe0b302351e",
+    "linear": "b5892e930de6bf173f1f4400cf18abe9c5df736874a3f86ecef8972aa35bc966",
+    "task_arithmetic": "7ff3015fa1880e76c9d76fad789f1cf02511f54f40bef5c31a3005e61c027047",
+    "ties": "59d74fdd135d58427511b17b42001e99f8e63297c805f591c86d8a7b0b5cdbe4",
+    "dare_linear": "dff22b737366a7c80c60f3038fe76f3e735614a7db3469483efd283d3df883da",
+    "dare_task_arithmetic": "379c9c1db09dc825085119a518d0150897b90f6ca007350923c17f170b1ff766",
+    "dare_ties": "940e49b17bbd6941b29a1522eb01af94acb661fc58a51dd13f4e16f8852a91d5",
+}
+
+
+def _golden_merges() -> dict[str, str]:
+    """Every elementwise method on one seeded draw, in one fixed order (the draw is shared)."""
+    import hashlib
+
+    g = torch.Generator().manual_seed(0)
+    base = {n: torch.randn(s, generator=g) for n, s in SHAPES.items()}
+    base["half"] = torch.randn(40, 12, generator=g).to(torch.bfloat16)
+    found = {}
+    for method in METHODS:
+        for unc in ([], ["u"]):
+            if method != "medusa" and unc:
+                continue
+            owners = {n: torch.randint(0, 3, t.shape, generator=g) for n, t in base.items()}
+            deltas: dict[str, dict[str, torch.Tensor]] = {}
+            for i, b in enumerate(["t0", "t1", "t2"]):
+                deltas[b] = {}
+                for n, t in base.items():
+                    d = torch.randn(t.shape, generator=g) * 0.01
+                    d[torch.rand(t.shape, generator=g) < 0.1] = 0
+                    deltas[b][n] = torch.where(owners[n] == i, d, 0.0) if method == "medusa" else d
+            if unc:
+                deltas["u"] = {n: torch.randn(t.shape, generator=g) * 0.01 for n, t in base.items()}
+            merged = merge_states(base, deltas, MergeSpec(method), uncontrolled=unc)
+            h = hashlib.sha256()
+            for n in sorted(merged):
+                h.update(merged[n].contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+            found[f"{method}{'+unc' if unc else ''}"] = h.hexdigest()
+    return found
+
+
+def test_merges_are_bit_identical_to_the_code_before_streaming():
+    found = _golden_merges()
+    assert {m: found[m] for m in BEFORE} == BEFORE

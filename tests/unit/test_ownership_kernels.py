@@ -6,8 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from medusa_fed.deltas import SparseDelta
+from medusa_fed.ownership import assign_ownership
 from medusa_fed.ownership.kernels import ChunkKernel, owners_for_chunk, priced_argmax, select_u8
 from medusa_fed.ownership.ownership_map import NO_OWNER
+from medusa_fed.ownership.synthetic import synthetic_probes
 
 
 def reference_owners(w: torch.Tensor, u: torch.Tensor, policy: str, unselected: str):
@@ -89,3 +92,43 @@ def test_select_u8_is_where_over_the_whole_byte_range():
     cond = torch.arange(256) % 3 == 0
     out, tmp = torch.empty_like(a), torch.empty_like(a)
     assert torch.equal(select_u8(cond, a, b, out, tmp), torch.where(cond, a, b))
+
+
+# SHA-256 (first 32 hex digits) of the owner map of every policy / unselected rule, with and
+# without an uncontrolled team, as the assignment computed it before the buffered kernels
+# (commit 97002bc); "c" spans two chunks (the last one partial).
+BEFORE = {
+    "proportional/random/ctrl": "72d717692d8e76fd826101964c9bc60c",
+    "proportional/frozen/ctrl": "eeaa636fe822414244788a9e3bb04c66",
+    "argmax/random/ctrl": "06197078e1a1f15844180a2d271c7ac9",
+    "argmax/frozen/ctrl": "9d0b38650fde83a1b5d2aaffc7d71f57",
+    "balanced/random/ctrl": "ca040a383bfb7e0e284bab95aac3ed10",
+    "balanced/frozen/ctrl": "c4e375b630bc326b99d0144df7fd6e44",
+    "proportional/random/unc": "420014cb0dc677212802d6aa42563634",
+    "proportional/frozen/unc": "5816fadeb7c647c1c9db5c80e0e2a8aa",
+    "argmax/random/unc": "d42985e760ced196ffa9f62d53d28698",
+    "argmax/frozen/unc": "d7db5eaf9c5c3f92a8d41a537431ff5c",
+    "balanced/random/unc": "90c063bb2b985aed49c7598abd7ad57c",
+    "balanced/frozen/unc": "895b1864aace67855cdc1d04ccf2ab2e",
+}
+
+
+@pytest.mark.parametrize("case", sorted(BEFORE))
+def test_assignment_is_bit_identical_to_the_code_before_the_kernels(case):
+    import hashlib
+
+    policy, unselected, kind = case.split("/")
+    shapes = {"a": (300, 70), "b": (5000,), "c": (2100, 2000)}
+    teams = [f"t{i}" for i in range(4 if kind == "unc" else 3)]
+    probes = synthetic_probes(shapes, teams, 0.3, seed=len(teams))
+    for t in teams:  # few magnitudes: exact ties between teams are common
+        for n, d in probes[t].items():
+            v = (d.values * 2).round() / 2
+            v[v == 0] = 0.5
+            probes[t][n] = SparseDelta(d.shape, d.indices, v)
+    controlled = {t: not (kind == "unc" and t == teams[-1]) for t in teams}
+    found = assign_ownership(probes, shapes, controlled, policy, unselected, seed=3)  # type: ignore[arg-type]
+    h = hashlib.sha256()
+    for n in sorted(found.owners):
+        h.update(found.owners[n].numpy().tobytes())
+    assert h.hexdigest()[:32] == BEFORE[case]
