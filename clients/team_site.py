@@ -46,7 +46,14 @@ from medusa_fed.protocol import (
     TrainRequest,
 )
 from medusa_fed.team_config import TeamConfig
-from medusa_fed.training.branch import BranchResult, finetune, num_labels_of, probe, refit_head
+from medusa_fed.training.branch import (
+    BranchResult,
+    finetune,
+    num_labels_of,
+    probe,
+    prompter_of,
+    refit_head,
+)
 from medusa_fed.training.config import ModelSpec, TrainConfig
 from medusa_fed.training.data import TaskData, TaskSpec, describe, load_task
 from medusa_fed.training.evaluate import evaluate
@@ -92,11 +99,9 @@ class TeamSite:
     # ---------------------------------------------------------------- helpers
     def data(self, settings: Settings) -> TaskData:
         """The team's data, split with the run's seed and capped by the run's and team's limits."""
-        kind = (
-            "classification"
-            if settings.model_family == "encoder-classifier"
-            else "language-modeling"
-        )
+        # labelled unless the team names no label column (raw text for a causal LM); a causal LM
+        # takes a labelled task as instructions
+        kind = "classification" if self.team.label_column else "language-modeling"
         caps = [settings.max_train or None, self.team.max_train]
         max_train = min((c for c in caps if c), default=None)
         max_eval = settings.max_eval or None
@@ -277,11 +282,14 @@ class TeamSite:
         alone = self._test(base, data, tuned, result.head, cfg, f"alone {self.team.name}")
         metrics |= {f"alone_{k}": float(v) for k, v in alone.items()}
         if settings.eval_before and self.kept_head("floor") is None:
-            epochs, max_steps = budget or (cfg.epochs, cfg.max_steps)
-            whole = replace(cfg, epochs=epochs, max_steps=max_steps)  # a round is part of it
-            floor = finetune(base, data, whole, head_only=True, desc=f"floor {self.team.name}")
-            self._keep_head("floor", floor.head)
-            before = self._test(base, data, None, floor.head, cfg, f"floor {self.team.name}")
+            floor_head: StateDict = {}  # a causal LM's floor is the untuned model itself
+            if base.is_classifier:
+                epochs, max_steps = budget or (cfg.epochs, cfg.max_steps)
+                whole = replace(cfg, epochs=epochs, max_steps=max_steps)  # a round is part of it
+                desc = f"floor {self.team.name}"
+                floor_head = finetune(base, data, whole, head_only=True, desc=desc).head
+            self._keep_head("floor", floor_head)
+            before = self._test(base, data, None, floor_head, cfg, f"floor {self.team.name}")
             metrics |= {f"before_{k}": float(v) for k, v in before.items()}
         if result.head:
             self._keep_head(branch, result.head)
@@ -306,6 +314,7 @@ class TeamSite:
             batch_size=32,
             max_length=cfg.max_length,
             desc=desc,
+            prompter=prompter_of(base, data),
             device=cfg.device,
         )
 
@@ -354,6 +363,7 @@ class TeamSite:
             batch_size=32,
             max_length=settings.max_length,
             desc=f"eval {request.method_label} {self.team.name}",
+            prompter=prompter_of(base, data),
             device=self.team.device,
         )
         sent = encode_dense(refit) if refit is not None and self.team.share_head else None

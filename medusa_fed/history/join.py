@@ -127,7 +127,7 @@ def join_after_merge(
     evaluate_after : bool (default: True)
         Score the new merge on ``data.test`` (recorded as the merge's metrics for ``team``).
     """
-    from medusa_fed.training.branch import finetune, num_labels_of
+    from medusa_fed.training.branch import finetune, num_labels_of, prompter_of
     from medusa_fed.training.evaluate import evaluate
 
     merge = store.resolve(merge_ref, "merge")
@@ -147,7 +147,13 @@ def join_after_merge(
     scores: dict[str, float] = {}
     if evaluate_after:
         scores = evaluate(
-            base, merged, result.head or None, data.test, num_labels=labels, desc=f"evaluate {team}"
+            base,
+            merged,
+            result.head or None,
+            data.test,
+            num_labels=labels,
+            desc=f"evaluate {team}",
+            prompter=prompter_of(base, data),
         )
         metrics.update({f"alone_{k}": v for k, v in scores.items()})
     base_id = store.base_of(merge).id

@@ -51,7 +51,8 @@ logger = logging.getLogger(__name__)
 
 Policy = Literal["proportional", "argmax", "balanced"]
 Unselected = Literal["random", "frozen"]
-__all__ = ["Policy", "Unselected", "assign_ownership", "owners_for_chunk"]
+OwnershipUnit = Literal["element", "lora-rank"]
+__all__ = ["OwnershipUnit", "Policy", "Unselected", "assign_ownership", "owners_for_chunk"]
 
 
 def assign_ownership(

@@ -12,6 +12,7 @@ from medusa_fed import codec
 from medusa_fed.deltas import SparseDelta
 from medusa_fed.errors import ConfigError, MedusaError, PayloadError
 from medusa_fed.ownership import OwnershipMap, assign_ownership
+from medusa_fed.ownership.lora_rank import component_probe, component_shapes, expand_components
 from medusa_fed.pipeline.state import RunState, send
 from medusa_fed.pipeline.transport import Transport
 from medusa_fed.protocol import ProbeReply, ProbeRequest
@@ -83,15 +84,22 @@ def assign(state: RunState) -> None:
             "assign: every team refused masks (controlled = false); Medusa has "
             "nothing to assign. Use merge = ties (or another baseline) instead"
         )
+    probes, space = load_probes(state), dict(state.shapes)
+    rank_unit = state.config.ownership_unit == "lora-rank"
+    if rank_unit:  # assign whole LoRA rank components, then write each owner to its elements
+        probes = {t: component_probe(p, state.shapes) for t, p in probes.items()}
+        space = component_shapes(state.shapes)
     state.ownership = assign_ownership(
-        load_probes(state),
-        state.shapes,
+        probes,
+        space,
         controlled,
         policy=state.config.assignment,
         unselected=state.config.unselected,
         seed=state.config.seed,
         progress=True,
     )
+    if rank_unit:
+        state.ownership = expand_components(state.ownership, state.shapes)
     state.ownership.save(state.run_dir.file_path("ownership.safetensors"))
     state.run_dir.record_file("ownership.safetensors")
     log.info("assign: owned elements per team %s", state.ownership.owned_counts())

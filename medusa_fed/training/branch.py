@@ -21,6 +21,7 @@ from medusa_fed.deltas import SparseDelta, StateDict, state_delta, top_d
 from medusa_fed.errors import DataError
 from medusa_fed.masking import check_masks
 from medusa_fed.training.config import TrainConfig
+from medusa_fed.training.instruct import GENERIC_INSTRUCTION, Prompter
 from medusa_fed.training.loop import train
 from medusa_fed.training.models import BaseModel
 
@@ -49,13 +50,24 @@ class BranchResult:
 
 
 def num_labels_of(base: BaseModel, data: TaskData) -> int | None:
-    """The head size for ``data`` (None for a causal LM); DataError if task and model disagree."""
-    if base.is_classifier != (data.kind == "classification"):
+    """The head size for ``data`` (None for a causal LM); DataError if task and model disagree.
+
+    A causal LM takes a labelled task as instructions (:func:`prompter_of`) or raw text; a
+    classifier needs labels."""
+    if base.is_classifier and data.kind != "classification":
         raise DataError(
             f"task {data.name!r} is {data.kind} but the model family is {base.spec.family}; "
-            "pick a matching task or model"
+            "pick a labelled task or a causal-lm model"
         )
     return len(data.labels) if base.is_classifier else None
+
+
+def prompter_of(base: BaseModel, data: TaskData) -> Prompter | None:
+    """How a causal LM sees a labelled task (its instruction and label words); None for a
+    classifier or raw text."""
+    if base.is_classifier or data.kind != "classification":
+        return None
+    return Prompter(data.instruction or GENERIC_INSTRUCTION, data.labels)
 
 
 def probe(base: BaseModel, data: TaskData, cfg: TrainConfig, density: float = 0.2) -> ProbeResult:
@@ -125,6 +137,7 @@ def finetune(
         masks=masks,
         head_only=head_only,
         desc=desc or f"finetune {data.name}",
+        prompter=prompter_of(base, data),
     )
     delta = state_delta(team.shared_state(), begin)
     if masks is not None:

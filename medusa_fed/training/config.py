@@ -13,6 +13,14 @@ Family = Literal["encoder-classifier", "causal-lm"]
 Method = Literal["full", "lora", "ia3"]
 Optimizer = Literal["adamw", "sgd"]
 BUNDLED_NAMES = ("all-MiniLM-L6-v2", "minilm")
+# causal LMs that ship as packages (medusa_fed.training.packaged); their family is causal-lm
+PACKAGED_LLM_NAMES = ("smollm2-135m-instruct",)
+
+
+def family_of(source: str, family: Family) -> Family:
+    """The family a model source fixes: a packaged causal LM is ``causal-lm`` whatever the
+    (default) family says; any other source keeps ``family``."""
+    return "causal-lm" if source.strip().lower() in PACKAGED_LLM_NAMES else family
 
 
 @dataclass(frozen=True)
@@ -32,6 +40,7 @@ class ModelSpec:
     def __post_init__(self) -> None:
         if not self.source:
             raise ConfigError("model source is empty; expected 'all-MiniLM-L6-v2' or a directory")
+        object.__setattr__(self, "family", family_of(self.source, self.family))
         _choice("family", self.family, Family)
         _choice("method", self.method, Method)
         if self.lora_r < 1 or self.lora_alpha <= 0:
@@ -46,6 +55,10 @@ class ModelSpec:
     @property
     def is_bundled(self) -> bool:
         return self.source.lower() in {n.lower() for n in BUNDLED_NAMES}
+
+    @property
+    def is_packaged_llm(self) -> bool:
+        return self.source.strip().lower() in PACKAGED_LLM_NAMES
 
 
 @dataclass(frozen=True)

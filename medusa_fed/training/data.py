@@ -172,6 +172,7 @@ class TaskData:
     test: Split
     source: str = ""
     dropped_rows: int = 0
+    instruction: str = ""  # the question a causal LM is asked (a bundled task's own, else "")
 
     def splits(self) -> dict[str, Split]:
         return {"train": self.train, "validation": self.validation, "test": self.test}
@@ -223,7 +224,9 @@ def load_task(spec: TaskSpec) -> TaskData:
             )
         )
     train, validation, test = made
-    data = TaskData(name, spec.kind, labels, train, validation, test, source, dropped)
+    task = BUNDLED_TASKS.get(spec.source.strip())
+    instruction = task.instruction if task is not None else ""
+    data = TaskData(name, spec.kind, labels, train, validation, test, source, dropped, instruction)
     logger.info(
         "load_task: %s: train %d, validation %d, test %d (%d rows dropped)",
         name, len(data.train), len(data.validation), len(data.test), dropped,

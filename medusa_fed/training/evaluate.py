@@ -1,4 +1,9 @@
-"""Evaluate a shared state + team head on a split: accuracy and macro-F1, or loss and perplexity."""
+"""Evaluate a shared state + team head on a split.
+
+A classifier: accuracy and macro-F1 of its head. A causal LM on a labelled task (a ``prompter``):
+rank-classification accuracy and macro-F1 over the answer words, and the exact match of greedy
+generation (:mod:`medusa_fed.training.instruct`). A causal LM on raw text: loss and perplexity.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +16,13 @@ from tqdm.auto import tqdm
 
 from medusa_fed.errors import DataError
 from medusa_fed.training.device import autocast, on_device, resolve_device
+from medusa_fed.training.instruct import (
+    Prompter,
+    answer_ids,
+    normalize_answer,
+    prompt_ids,
+    score_and_generate,
+)
 from medusa_fed.training.loop import apply_thread_setting, encode
 from medusa_fed.training.metrics import accuracy, macro_f1
 from medusa_fed.training.models import BaseModel, TeamModel, labels_from_head
@@ -29,6 +41,7 @@ def evaluate(
     max_length: int = 128,
     head_seed: int = 0,
     desc: str = "evaluate",
+    prompter: Prompter | None = None,
     device: str = "auto",
 ) -> dict[str, float]:
     """Metrics of base + ``shared`` (None = base values) + ``head`` on ``split``.
@@ -48,7 +61,9 @@ def evaluate(
             raise DataError("evaluate: num_labels is needed when no head is given")
         num_labels = labels_from_head(head)
     team = base.build(num_labels, shared=shared, head=head, head_seed=head_seed)
-    return evaluate_model(team, base.tokenizer, split, batch_size, max_length, desc, device)
+    return evaluate_model(
+        team, base.tokenizer, split, batch_size, max_length, desc, prompter, device
+    )
 
 
 @torch.no_grad()
@@ -59,12 +74,21 @@ def evaluate_model(
     batch_size: int = 32,
     max_length: int = 128,
     desc: str = "evaluate",
+    prompter: Prompter | None = None,
     device: str = "auto",
 ) -> dict[str, float]:
-    """Like :func:`evaluate` on an already built :class:`TeamModel` (back on CPU afterwards)."""
+    """Like :func:`evaluate` on an already built :class:`TeamModel` (back on CPU afterwards).
+
+    Instruction scoring of a causal LM (``prompter``) runs on CPU whatever ``device`` says: its
+    cached-prompt generation builds CPU tensors (not yet moved to a device).
+    """
     if len(split) == 0:
         raise DataError(f"{desc}: the split is empty; nothing to evaluate")
     apply_thread_setting()
+    if prompter is not None:
+        return _evaluate_instructions(
+            team, tokenizer, split, prompter, batch_size, max_length, desc
+        )
     where = resolve_device(device)
     with on_device(team.module, where):
         return _evaluate(team, tokenizer, split, batch_size, max_length, desc, where)
@@ -106,6 +130,41 @@ def _evaluate(
     return {
         "accuracy": accuracy(preds, gold),
         "macro_f1": macro_f1(preds, gold, n_labels),
+        "examples": float(len(gold)),
+    }
+
+
+def _evaluate_instructions(
+    team: TeamModel,
+    tokenizer: object,
+    split: Split,
+    prompter: Prompter,
+    batch_size: int,
+    max_length: int,
+    desc: str,
+) -> dict[str, float]:
+    team.module.eval()
+    choices = [answer_ids(tokenizer, a) for a in prompter.answers]
+    longest = max(len(c) for c in choices)
+    gold_words = [normalize_answer(a) for a in prompter.answers]
+    preds = [0] * len(split)
+    exact = 0
+    order = by_length(split)
+    for lo in tqdm(
+        range(0, len(split), batch_size), desc=desc, unit="batch", leave=False, disable=None
+    ):
+        rows = order[lo : lo + batch_size]
+        prompts = [prompt_ids(tokenizer, prompter, split.texts[i], max_length) for i in rows]
+        scores, generated = score_and_generate(team.module, tokenizer, prompts, choices, longest)
+        for row, pred, tokens in zip(rows, scores.argmax(-1).tolist(), generated, strict=True):
+            preds[row] = pred
+            text = tokenizer.decode(tokens, skip_special_tokens=True)  # type: ignore[attr-defined]
+            exact += normalize_answer(text) == gold_words[split.label_ids[row]]
+    gold = list(split.label_ids)
+    return {
+        "accuracy": accuracy(preds, gold),
+        "macro_f1": macro_f1(preds, gold, len(prompter.answers)),
+        "exact_match": exact / len(split),
         "examples": float(len(gold)),
     }
 

