@@ -207,7 +207,9 @@ class TeamSite:
         """The probe: a short unmasked fine-tune from the base, top-d of each tensor's delta."""
         settings = request.settings
         base = self.base(settings)
-        result = probe(base, self.data(settings), settings.train_config(), density=request.density)
+        result = probe(
+            base, self.data(settings), self._train_config(settings), density=request.density
+        )
         if result.head:  # a warm-started round 1 continues it (warm-start = true)
             self._keep_head("probe", result.head)
         sparse = result.sparse
@@ -276,7 +278,7 @@ class TeamSite:
         """
         base = self.base(settings)
         data = self.data(settings)
-        cfg = settings.train_config()
+        cfg = self._train_config(settings)
         step = cfg  # masked: owned elements only, at the coordinator's larger shared-tensor step
         if mask is not None:
             step = replace(cfg, shared_lr_scale=shared_lr_scale)
@@ -322,7 +324,12 @@ class TeamSite:
             max_length=cfg.max_length,
             desc=desc,
             prompter=prompter_of(base, data),
+            device=cfg.device,
         )
+
+    def _train_config(self, settings: Settings) -> TrainConfig:
+        """The request's budget, on this site's device (node config ``device``)."""
+        return replace(settings.train_config(), device=self.team.device)
 
     def evaluate(self, request: EvalRequest) -> EvalReply:
         """Score merged shared weights with the head this team trained in ``request.branch``, on
@@ -348,7 +355,7 @@ class TeamSite:
         refit = None
         if request.refit_epochs > 0 and labels is not None:
             cfg = replace(
-                settings.train_config(),
+                self._train_config(settings),
                 epochs=request.refit_epochs,
                 max_steps=0,
                 lr=request.refit_lr,
@@ -366,6 +373,7 @@ class TeamSite:
             max_length=settings.max_length,
             desc=f"eval {request.method_label} {self.team.name}",
             prompter=prompter_of(base, data),
+            device=self.team.device,
         )
         sent = encode_dense(refit) if refit is not None and self.team.share_head else None
         return EvalReply(metrics=metrics, head=sent)

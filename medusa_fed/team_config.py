@@ -10,6 +10,8 @@ cannot override ``controlled = false``. Keys (kebab-case, as in ``--node-config`
     controlled      true: accept the coordinator's mask; false: uncontrolled branch (default: true)
     max-train       optional cap on training examples (the run's max-train applies if lower)
     share-head      send the trained classification head to the coordinator (default: true)
+    device          where this site trains and scores: auto (CUDA when present), cpu, cuda or
+                    cuda:N (default: auto); bf16 autocast on CUDA
 """
 
 from __future__ import annotations
@@ -20,8 +22,18 @@ from typing import Any
 
 from medusa_fed.errors import ConfigError
 from medusa_fed.run_config import _parse_bool
+from medusa_fed.training.device import check_device
 
-_KNOWN = {"team", "task", "text-columns", "label-column", "controlled", "max-train", "share-head"}
+_KNOWN = {
+    "team",
+    "task",
+    "text-columns",
+    "label-column",
+    "controlled",
+    "max-train",
+    "share-head",
+    "device",
+}
 # Flower's simulation engine adds these to every node config.
 _FLOWER_KEYS = {"partition-id", "num-partitions"}
 
@@ -35,8 +47,10 @@ class TeamConfig:
     controlled: bool = True
     max_train: int | None = None
     share_head: bool = True
+    device: str = "auto"
 
     def __post_init__(self) -> None:
+        check_device(self.device)
         if not self.name or not self.name.replace("-", "").replace("_", "").isalnum():
             raise ConfigError(f"team name must be letters, digits, '-' or '_', found {self.name!r}")
         if not self.task:
@@ -70,6 +84,7 @@ class TeamConfig:
             controlled=_parse_bool("controlled", raw.get("controlled", True)),
             max_train=max_train,
             share_head=_parse_bool("share-head", raw.get("share-head", True)),
+            device=str(raw.get("device", "auto")),
         )
 
     def to_node_config(self) -> dict[str, str | int | bool]:
@@ -83,4 +98,6 @@ class TeamConfig:
         }
         if self.max_train is not None:
             out["max-train"] = self.max_train
+        if self.device != "auto":
+            out["device"] = self.device
         return out

@@ -4,9 +4,15 @@ For each size, synthetic safetensors checkpoints are written to a scratch direct
 k branch deltas (Medusa: disjoint, one owner per element; TIES: dense). Each measurement runs in a
 fresh process so its peak RSS (VmHWM) is its own:
 
-- ``io``: read every tensor of the base and the k deltas lazily (``safe_open``) and write one
-  output file of the base's size: the floor any merge that reads and writes these files pays;
-- ``medusa`` / ``ties``: the same reads, the streamed per-tensor merge, the same write.
+- ``io``: read every tensor of the base and the k deltas lazily
+  (:class:`~medusa_fed.merging.shards.SafetensorsFile`) and write one output of the base's size,
+  each tensor as it is read (:class:`~medusa_fed.merging.shards.ShardWriter`): the floor any
+  merge that reads and writes these files pays, in time and in memory;
+- ``medusa`` / ``ties``: the same reads and writes around the merge
+  (:func:`~medusa_fed.merging.streaming.merge_to_folder`).
+
+Peak RSS is printed next to the io floor's and next to the largest tensor's fp32 size, so "memory
+beyond the floor, in largest tensors" reads straight off the table.
 
     python -m simulations.bench_merge --elements 10000000 100000000 500000000
 
@@ -23,14 +29,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import save_file
 
-from medusa_fed.merging import MergeSpec, merge_tensor
+from medusa_fed.merging import MergeSpec
+from medusa_fed.merging.shards import SafetensorsFile, ShardWriter, layout_of
+from medusa_fed.merging.streaming import merge_to_folder
 from simulations.bench_ownership import transformer_shapes
 
 
@@ -39,23 +45,6 @@ def peak_rss_bytes() -> int:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) * 1024
     return 0
-
-
-class LazyFile(Mapping[str, torch.Tensor]):
-    """Tensors of one safetensors file, read on access (mergekit's lazy loader, minimal)."""
-
-    def __init__(self, path: Path) -> None:
-        self._f = safe_open(str(path), framework="pt")
-        self._keys = list(self._f.keys())
-
-    def __getitem__(self, key: str) -> torch.Tensor:
-        return self._f.get_tensor(key)
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._keys)
-
-    def __len__(self) -> int:
-        return len(self._keys)
 
 
 def write_checkpoints(root: Path, elements: int, k: int, seed: int = 0) -> int:
@@ -79,23 +68,23 @@ def write_checkpoints(root: Path, elements: int, k: int, seed: int = 0) -> int:
 def child(root: Path, mode: str, k: int) -> dict[str, float]:
     """One measurement in this (fresh) process."""
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    base = LazyFile(root / "base.safetensors")
+    base = SafetensorsFile(root / "base.safetensors")
     prefix = "medusa" if mode in ("io", "medusa") else "dense"
-    branches = {f"b{i}": LazyFile(root / f"{prefix}{i}.safetensors") for i in range(k)}
-    spec = MergeSpec("medusa") if mode == "medusa" else MergeSpec("ties", density=0.2)
-    out: dict[str, torch.Tensor] = {}
+    branches = {f"b{i}": SafetensorsFile(root / f"{prefix}{i}.safetensors") for i in range(k)}
+    out = root / f"out-{mode}"
     t0 = time.perf_counter()
-    for name in base:
-        b = base[name]
-        ds = {br: f[name] for br, f in branches.items()}
-        if mode == "io":
-            out[name] = b + 0.0  # touch the bytes once, like a merge's output
-        else:
-            out[name] = merge_tensor(name, b, ds, spec)
-        del ds
-    save_file(out, str(root / f"out-{mode}.safetensors"))
+    if mode == "io":
+        with ShardWriter(out, layout_of(base)) as writer:
+            for name in base:
+                for f in branches.values():  # read every delta once, hold none
+                    f[name]
+                writer.write(name, base[name] + 0.0)  # touch the bytes once, like a merge's output
+            writer.finish()
+    else:
+        spec = MergeSpec("medusa") if mode == "medusa" else MergeSpec("ties", density=0.2)
+        merge_to_folder(base, branches, spec, out)
     secs = time.perf_counter() - t0
-    (root / f"out-{mode}.safetensors").unlink()
+    shutil.rmtree(out)
     return {"seconds": secs, "peak_rss": peak_rss_bytes()}
 
 
@@ -117,6 +106,7 @@ def main(argv: list[str] | None = None) -> None:
         root = Path(tempfile.mkdtemp(prefix="medusa-bench-merge-", dir=args.scratch))
         try:
             n = write_checkpoints(root, elements, args.teams)
+            largest = max(math.prod(s) for s in transformer_shapes(elements).values()) * 4
             read_bytes = (args.teams + 1) * n * 4
             found = {}
             for mode in ("io", "medusa", "ties"):
@@ -146,16 +136,23 @@ def main(argv: list[str] | None = None) -> None:
                         read_bytes / r["seconds"] / 1e9,
                         r["peak_rss"] / 2**30,
                         r["seconds"] / found["io"]["seconds"],
+                        r["peak_rss"] / found["io"]["peak_rss"],
+                        (r["peak_rss"] - found["io"]["peak_rss"]) / largest,
                     )
                 )
         finally:
             shutil.rmtree(root, ignore_errors=True)
-    print(f"\nk = {args.teams} branches, fp32; input = base + k deltas; GB/s of input read")
+    print(f"\nk = {args.teams} branches, fp32; input = base + k deltas; GB/s of input read;")
+    print("x io: time / io's; RSS x io: peak RSS / io's; +largest: (RSS - io's) / largest tensor")
     print(
-        f"{'elements':>13} {'mode':<7} {'seconds':>8} {'GB/s':>6} {'peak RSS GiB':>12} {'x io':>6}"
+        f"{'elements':>13} {'mode':<7} {'seconds':>8} {'GB/s':>6} {'peak RSS GiB':>12} "
+        f"{'x io':>6} {'RSS x io':>8} {'+largest':>8}"
     )
-    for n, mode, secs, gbs, rss, ratio in rows:
-        print(f"{n:>13,} {mode:<7} {secs:>8.1f} {gbs:>6.2f} {rss:>12.2f} {ratio:>6.2f}")
+    for n, mode, secs, gbs, rss, ratio, rss_ratio, extra in rows:
+        print(
+            f"{n:>13,} {mode:<7} {secs:>8.1f} {gbs:>6.2f} {rss:>12.2f} {ratio:>6.2f} "
+            f"{rss_ratio:>8.2f} {extra:>8.1f}"
+        )
 
 
 if __name__ == "__main__":

@@ -1,13 +1,14 @@
 """Masked vs unmasked fine-tuning step on the bundled MiniLM: time ratio and memory.
 
-Run: ``python -m simulations.bench_training [--steps 12] [--density 0.333]``
-(about 2 minutes on 2 CPU cores). Two identical team models train on the same batches, steps
-interleaved (unmasked, masked, unmasked, ...) so machine load hits both alike; the table gives
-the median step time of each and their ratio, for full fine-tuning and LoRA, and the median
-time of the guard's own work (gradient masking + restore, re-run after a step; a load-robust
-overhead estimate) as a share of the unmasked step. Memory: the bytes
-the mask guard holds (exact) next to the parameter and AdamW-state bytes, and the process RSS
-growth when the guard is created.
+Run: ``python -m simulations.bench_training [--steps 12] [--density 0.333] [--device auto]``
+(about 2 minutes on 2 CPU cores; ``--device cuda`` times the steps on a GPU, bf16 autocast).
+Two identical team models train on the same batches, steps interleaved (unmasked, masked,
+unmasked, ...) so machine load hits both alike; the table gives the median step time of each
+and their ratio, for full fine-tuning and LoRA, the unmasked step's tokens per second, and the
+median time of the guard's own work (gradient masking + restore, re-run after a step; a
+load-robust overhead estimate) as a share of the unmasked step. Memory: the bytes the mask guard
+holds (exact) next to the parameter and AdamW-state bytes, and the process RSS growth when the
+guard is created.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from tqdm.auto import tqdm
 from medusa_fed.masking import MaskedUpdate
 from medusa_fed.training.config import ModelSpec, TrainConfig
 from medusa_fed.training.data import Split
+from medusa_fed.training.device import autocast, resolve_device
 from medusa_fed.training.loop import encode
 from medusa_fed.training.models import BaseModel, TeamModel, load_base
 
@@ -36,32 +38,55 @@ def _rss() -> int:
     return 0
 
 
-def _step(team: TeamModel, opt: torch.optim.Optimizer, batch: dict[str, torch.Tensor]) -> float:
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _step(
+    team: TeamModel,
+    opt: torch.optim.Optimizer,
+    batch: dict[str, torch.Tensor],
+    device: torch.device,
+) -> float:
+    _sync(device)
     start = time.perf_counter()
-    loss = team.module(**batch).loss
+    with autocast(device):
+        loss = team.module(**batch).loss
     opt.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_([p for p in team.module.parameters() if p.requires_grad], 1.0)
     opt.step()
+    _sync(device)
     return time.perf_counter() - start
 
 
-def _guard_work(guard: MaskedUpdate) -> float:
+def _guard_work(guard: MaskedUpdate, device: torch.device) -> float:
+    _sync(device)
     start = time.perf_counter()
     for part in guard._partial:  # noqa: SLF001 - the gradient masking the hooks do
         if part.param.grad is not None:
             part.param.grad.mul_(part.grad_mask)
     guard.after_step()
+    _sync(device)
     return time.perf_counter() - start
 
 
-def bench(method: str, steps: int, density: float, batch_size: int) -> dict[str, float]:
+def bench(
+    method: str, steps: int, density: float, batch_size: int, device: str = "cpu"
+) -> dict[str, float]:
+    """Median masked and unmasked step times of ``method`` on ``device`` (see module doc)."""
+    where = resolve_device(device)
     base: BaseModel = load_base(ModelSpec(method=method))  # type: ignore[arg-type]
     cfg = TrainConfig(batch_size=batch_size)
     lr = cfg.lr_for(base.spec.method)
     split = Split((TEXT,) * batch_size, (0, 1) * (batch_size // 2) + (0,) * (batch_size % 2))
     batch = encode(base.tokenizer, split, list(range(batch_size)), cfg.max_length, causal=False)
+    tokens = int(batch["attention_mask"].sum())
+    batch = {k: v.to(where) for k, v in batch.items()}
     plain, masked = base.build(2), base.build(2)
+    plain.module.to(where)
+    masked.module.to(where)
     opts = [
         torch.optim.AdamW(
             [p for p in t.module.parameters() if p.requires_grad], lr=lr, weight_decay=0.01
@@ -80,11 +105,11 @@ def bench(method: str, steps: int, density: float, batch_size: int) -> dict[str,
     times: dict[str, list[float]] = {"plain": [], "masked": [], "guard": []}
     for i in tqdm(range(steps + 2), desc=f"bench {method}", unit="pair", disable=None):
         for name, team, opt in (("plain", plain, opts[0]), ("masked", masked, opts[1])):
-            seconds = _step(team, opt, batch)
+            seconds = _step(team, opt, batch, where)
             if i >= 2:  # first two pairs warm up allocator and caches
                 times[name].append(seconds)
         if i >= 2:  # the guard's own work again (both parts are idempotent): load-robust cost
-            times["guard"].append(_guard_work(guard))
+            times["guard"].append(_guard_work(guard, where))
     plain_s, masked_s = statistics.median(times["plain"]), statistics.median(times["masked"])
     guard_s = statistics.median(times["guard"])
     params = sum(p.numel() * p.element_size() for p in masked.shared.values())
@@ -92,6 +117,7 @@ def bench(method: str, steps: int, density: float, batch_size: int) -> dict[str,
         "plain_s": plain_s,
         "masked_s": masked_s,
         "ratio": masked_s / plain_s,
+        "tokens_per_s": tokens / plain_s,
         "guard_s": guard_s,
         "guard_share": guard_s / plain_s,
         "shared_MB": params / 2**20,
@@ -107,12 +133,17 @@ def main() -> None:
     parser.add_argument("--density", type=float, default=1 / 3, help="owned fraction")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--methods", default="full,lora")
+    parser.add_argument("--device", default="cpu", help="auto | cpu | cuda | cuda:N")
     args = parser.parse_args()
-    rows = {m: bench(m, args.steps, args.density, args.batch_size) for m in args.methods.split(",")}
-    cols = ["plain_s", "masked_s", "ratio", "guard_s", "guard_share"]
+    rows = {
+        m: bench(m, args.steps, args.density, args.batch_size, args.device)
+        for m in args.methods.split(",")
+    }
+    cols = ["plain_s", "masked_s", "ratio", "tokens_per_s", "guard_s", "guard_share"]
     cols += ["shared_MB", "adam_MB", "guard_MB", "rss_guard_MB"]
     print(
-        f"threads={torch.get_num_threads()} steps={args.steps} density={args.density:.3f} "
+        f"device={resolve_device(args.device)} threads={torch.get_num_threads()} "
+        f"steps={args.steps} density={args.density:.3f} "
         f"batch={args.batch_size} (128-token sequences)"
     )
     print(f"{'method':8}" + "".join(f"{c:>14}" for c in cols))

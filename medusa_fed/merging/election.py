@@ -38,17 +38,22 @@ def signed_total(deltas: Iterable[torch.Tensor], like: torch.Tensor) -> torch.Te
 def elect_sign(total: torch.Tensor, rule: SignRule) -> torch.Tensor:
     """The elected sign per element as int8 in {-1, 0, +1} (0 only under ``rule="medusa"``)."""
     if rule == "ties":
-        # ties: + where the sum is >= 0 (PEFT "total"), so a zero sum elects +
-        return torch.where(total >= 0, 1, -1).to(torch.int8)
+        # ties: + where the sum is >= 0 (PEFT "total"), so a zero sum elects +; as 2 * b - 1 on
+        # int8 (a where over python ints builds an int64 tensor first, ~5x slower)
+        return (total >= 0).to(torch.int8).mul_(2).sub_(1)
     # medusa: sgn of the sum, 0 where it is exactly 0
     return torch.sign(total).to(torch.int8)
 
 
 def agrees(delta: torch.Tensor, sign: torch.Tensor) -> torch.Tensor:
     """True where ``delta`` is nonzero and has the elected ``sign`` (bool, same shape)."""
-    # three bool temporaries instead of a float sign(delta) copy; a 0 sign agrees with nothing
-    ok = torch.where(sign > 0, delta > 0, delta < 0)
-    ok &= sign != 0
+    # bool temporaries instead of a float sign(delta) copy (a bool where is ~2x slower than
+    # and/or); a 0 sign agrees with nothing
+    ok = sign > 0
+    ok &= delta > 0
+    neg = sign < 0
+    neg &= delta < 0
+    ok |= neg
     return ok
 
 

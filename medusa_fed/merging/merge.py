@@ -16,9 +16,9 @@ base tensor's dtype: ``merged = (base.float() + delta).to(base.dtype)``. See
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, replace
-from typing import Any
+from typing import Any, overload
 
 import torch
 from tqdm.auto import tqdm
@@ -32,28 +32,79 @@ from medusa_fed.merging.spectral import spectral_delta
 logger = logging.getLogger(__name__)
 
 
-def _branch_deltas(
-    name: str, base: torch.Tensor, deltas: Mapping[str, torch.Tensor]
-) -> list[tuple[str, torch.Tensor]]:
-    """Validated ``(branch, fp32 delta)`` pairs in sorted branch order."""
-    out: list[tuple[str, torch.Tensor]] = []
-    for branch in sorted(deltas):
-        d = deltas[branch]
+class _Pairs(Sequence[tuple[str, torch.Tensor]]):
+    """Validated ``(branch, fp32 delta)`` pairs in sorted branch order, each fetched when used.
+
+    With lazy inputs (read from disk on access) a method that passes over the branches once holds
+    one branch's delta at a time (two while the next is read); a second pass (TIES's disjoint
+    mean, a sign election) reads them again. In-memory fp32 deltas are used as they are.
+    """
+
+    def __init__(self, name: str, base: torch.Tensor, deltas: Mapping[str, torch.Tensor]) -> None:
+        self._name, self._base, self._deltas = name, base, deltas
+        self._branches = sorted(deltas)
+        self._checked: set[str] = set()
+
+    def __len__(self) -> int:
+        return len(self._branches)
+
+    @property
+    def branches(self) -> list[str]:
+        """The branch names, in order, without fetching any delta."""
+        return list(self._branches)
+
+    @overload
+    def __getitem__(self, i: int) -> tuple[str, torch.Tensor]: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[tuple[str, torch.Tensor]]: ...
+    def __getitem__(
+        self, i: int | slice
+    ) -> tuple[str, torch.Tensor] | list[tuple[str, torch.Tensor]]:
+        if isinstance(i, slice):
+            return [self[j] for j in range(len(self))[i]]
+        branch, name, base = self._branches[i], self._name, self._base
+        d = self._deltas[branch]
         if tuple(d.shape) != tuple(base.shape):
             raise MergeError(
                 f"{name}: branch {branch!r} sent a delta of shape {tuple(d.shape)}, expected the "
                 f"base's shape {tuple(base.shape)}; merge aborted, nothing written"
             )
-        d = d.detach().to(device=base.device, dtype=torch.float32)
-        # a finite sum implies finite entries (NaN/Inf propagate); count only on the slow path
-        if not bool(torch.isfinite(d.sum())) and not bool(torch.isfinite(d).all()):
-            bad = d.numel() - int(torch.count_nonzero(torch.isfinite(d)))
-            raise MergeError(
-                f"{name}: branch {branch!r} sent {bad:,} NaN/Inf delta value(s), expected finite "
-                "values; merge aborted, nothing written"
-            )
-        out.append((branch, d))
-    return out
+        if d.requires_grad:
+            d = d.detach()
+        d = d.to(device=base.device, dtype=torch.float32)  # the same tensor when it already is
+        if branch not in self._checked:
+            # a finite sum implies finite entries (NaN/Inf propagate); count only on the slow path
+            if not bool(torch.isfinite(d.sum())) and not bool(torch.isfinite(d).all()):
+                bad = d.numel() - int(torch.count_nonzero(torch.isfinite(d)))
+                raise MergeError(
+                    f"{name}: branch {branch!r} sent {bad:,} NaN/Inf delta value(s), expected "
+                    "finite values; merge aborted, nothing written"
+                )
+            self._checked.add(branch)
+        return branch, d
+
+    def __iter__(self) -> Iterator[tuple[str, torch.Tensor]]:
+        for i in range(len(self)):
+            yield self[i]
+
+
+class _Column(Mapping[str, torch.Tensor]):
+    """One tensor's deltas across branches (``branch -> deltas[branch][name]``), read on access."""
+
+    def __init__(self, deltas: Mapping[str, Mapping[str, torch.Tensor]], name: str) -> None:
+        self._deltas, self._name = deltas, name
+        self._branches = [b for b in deltas if name in deltas[b]]
+
+    def __getitem__(self, branch: str) -> torch.Tensor:
+        if branch not in self._branches:
+            raise KeyError(branch)
+        return self._deltas[branch][self._name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._branches)
+
+    def __len__(self) -> int:
+        return len(self._branches)
 
 
 def merge_tensor_with_report(
@@ -65,7 +116,7 @@ def merge_tensor_with_report(
     num_branches: int | None = None,
 ) -> tuple[torch.Tensor, TensorReport]:
     """:func:`merge_tensor` plus its :class:`TensorReport`."""
-    pairs = _branch_deltas(name, base, deltas)
+    pairs = _Pairs(name, base, deltas)
     n = len(pairs) if num_branches is None else num_branches
     if n < max(1, len(pairs)):
         raise MergeError(
@@ -135,24 +186,28 @@ def _check_branches(
             )
 
 
-def _stream(
+def merge_stream(
     base: Mapping[str, torch.Tensor],
     deltas: Mapping[str, Mapping[str, torch.Tensor]],
     spec: MergeSpec,
     uncontrolled: Collection[str],
-    progress: bool,
+    progress: bool = False,
 ) -> Iterable[tuple[str, torch.Tensor, TensorReport]]:
+    """``(name, merged tensor, its report)`` for every tensor of ``base``, in ``base``'s order.
+
+    Each tensor's branch deltas are fetched when the method uses them (see :class:`_Pairs`) and
+    dropped before the next tensor, so lazy inputs keep memory near one tensor's working set;
+    :func:`merge_states` and :func:`medusa_fed.merging.streaming.merge_to_folder` consume it.
+    """
     _check_branches(base, deltas, uncontrolled)
     if uncontrolled and spec.method != "medusa":
         logger.info("merge: %s treats uncontrolled branches like the others", spec.method)
     names = list(base)
     bar = tqdm(names, desc=f"merge ({spec.method})", unit="tensor", disable=not progress)
     for name in bar:
-        per_branch = {b: deltas[b][name] for b in deltas if name in deltas[b]}
         merged, report = merge_tensor_with_report(
-            name, base[name], per_branch, spec, uncontrolled, len(deltas)
+            name, base[name], _Column(deltas, name), spec, uncontrolled, len(deltas)
         )
-        del per_branch
         yield name, merged, report
 
 
@@ -166,7 +221,7 @@ def merge_states_with_report(
     """:func:`merge_states` plus the JSON-able report of :func:`merge_report`."""
     merged: dict[str, torch.Tensor] = {}
     reports: dict[str, TensorReport] = {}
-    for name, tensor, report in _stream(base, deltas, spec, uncontrolled, progress):
+    for name, tensor, report in merge_stream(base, deltas, spec, uncontrolled, progress):
         merged[name], reports[name] = tensor, report
     summary = summarize(spec.method, asdict(spec), reports)
     logger.info(
@@ -212,7 +267,7 @@ def merge_report(
     ``{"method", "spec", "totals": {numel, overlap, sign_elected, discarded, changed, touched},
     "tensors": {name: TensorReport fields}}``; see :class:`TensorReport`.
     """
-    reports = {name: r for name, _, r in _stream(base, deltas, spec, uncontrolled, progress)}
+    reports = {name: r for name, _, r in merge_stream(base, deltas, spec, uncontrolled, progress)}
     return summarize(spec.method, asdict(spec), reports)
 
 

@@ -40,19 +40,17 @@ whenever ``density * numel`` is whole.
 from __future__ import annotations
 
 import shutil
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
 
 from medusa_fed.errors import ConfigError, MergeError
-from medusa_fed.merging.merge import check_finite, merge_states
+from medusa_fed.merging.shards import INDEX, MAX_SHARD_BYTES, ShardedTensors
 from medusa_fed.merging.spec import MergeSpec
-from medusa_fed.rundir.atomic import atomic_write
-from medusa_fed.rundir.tensors import safetensors_bytes
+from medusa_fed.merging.streaming import LazyDeltas, merge_to_folder
 
 METHODS = ("linear", "task_arithmetic", "ties", "dare_linear", "dare_ties")
 TOP_KEYS = {"merge_method", "base_model", "models", "parameters", "dtype"}
@@ -163,33 +161,62 @@ def _folder(value: object, where: str) -> Path:
 
 def read_weights(folder: Path) -> dict[str, torch.Tensor]:
     """Every tensor of a model folder's safetensors files (one or several shards)."""
-    files = sorted(folder.glob("*.safetensors"))
-    if not files:
+    if not any(folder.glob("*.safetensors")):
         raise ConfigError(f"{folder}: expected *.safetensors weights, found none")
-    out: dict[str, torch.Tensor] = {}
-    for file in files:
-        out.update(load_file(str(file)))
-    return out
+    return dict(ShardedTensors(folder))
 
 
-def merge_folders(job: FolderMerge, out: Path) -> dict[str, torch.Tensor]:
-    """Merge the model folders of ``job`` into ``out`` (the base folder's other files copied,
-    the weights in one ``model.safetensors``); returns the merged tensors."""
-    base = read_weights(job.base)
-    floats = {n: t for n, t in base.items() if t.is_floating_point()}
+class _Float32(Mapping[str, torch.Tensor]):
+    """The floating-point tensors of a lazy model, each read as fp32 when asked for."""
+
+    def __init__(self, tensors: ShardedTensors) -> None:
+        self._tensors = tensors
+        self._names = [n for n, (_, d) in tensors.layout().items() if d.is_floating_point]
+
+    def layout(self) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+        return {n: (self._tensors.layout()[n][0], torch.float32) for n in self._names}
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        if name not in self._names:
+            raise KeyError(name)
+        return self._tensors[name].float()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+
+def merge_folders(job: FolderMerge, out: Path, max_shard_bytes: int = MAX_SHARD_BYTES) -> None:
+    """Merge the model folders of ``job`` into ``out``: the base folder's other files copied, the
+    weights streamed tensor by tensor into ``model.safetensors`` (or HF shards past
+    ``max_shard_bytes``), so memory stays near one tensor's merge whatever the model size."""
+    for folder in (job.base, *job.models):
+        if not any(folder.glob("*.safetensors")):
+            raise ConfigError(f"{folder}: expected *.safetensors weights, found none")
+    base = ShardedTensors(job.base)
+    floats = _Float32(base)
     deltas = {}
     for i, folder in enumerate(job.models):
-        weights = read_weights(folder)
-        missing = sorted(set(floats) - set(weights))
+        tuned = ShardedTensors(folder)
+        missing = sorted(set(floats) - set(tuned))
         if missing:
             raise MergeError(f"{folder}: expected the base's tensors, found {missing[:3]} missing")
-        deltas[f"model{i:03d}"] = {n: weights[n].float() - t.float() for n, t in floats.items()}
-    merged = merge_states({n: t.float() for n, t in floats.items()}, deltas, job.spec)
-    check_finite(merged, f"merge {job.spec.method}")
-    result = {**base, **{n: t.to(job.dtype or floats[n].dtype) for n, t in merged.items()}}
+        deltas[f"model{i:03d}"] = LazyDeltas(tuned, floats)
+    layout = base.layout()
     out.mkdir(parents=True, exist_ok=True)
+    merge_to_folder(
+        floats,
+        deltas,
+        job.spec,
+        out,
+        dtypes={n: job.dtype or layout[n][1] for n in floats},
+        keep={n: base[n] for n in base if n not in floats},
+        metadata={"format": "pt"},
+        max_shard_bytes=max_shard_bytes,
+    )
+    weights = (".safetensors", ".bin", INDEX)
     for item in job.base.iterdir():
-        if item.is_file() and item.suffix != ".safetensors" and not item.name.endswith(".bin"):
+        if item.is_file() and not item.name.endswith(weights):
             shutil.copy2(item, out / item.name)
-    atomic_write(out / "model.safetensors", safetensors_bytes(result, {"format": "pt"}))
-    return result

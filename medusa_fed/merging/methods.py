@@ -47,15 +47,20 @@ def medusa_delta(
     """Algorithm 3 on one tensor: disjoint sum; sign election where uncontrolled overlaps."""
     acc = torch.zeros(like.shape, dtype=torch.float32, device=like.device)
     touch = torch.zeros(like.shape, dtype=torch.int16, device=like.device)  # branches per element
-    claimed = torch.zeros(like.shape, dtype=torch.bool, device=like.device)  # controlled-changed
-    by_uncontrolled = torch.zeros_like(claimed) if uncontrolled else None
+    uncontrolled = frozenset(uncontrolled) & {branch for branch, _ in _names(deltas)}
+    # with uncontrolled branches, track which elements a controlled one changed (to tell a broken
+    # ownership map from an overlap to elect); without, any overlap is broken: checked after
+    claimed = (
+        torch.zeros(like.shape, dtype=torch.bool, device=like.device) if uncontrolled else None
+    )
+    by_uncontrolled = torch.zeros_like(claimed) if claimed is not None else None
     touched: dict[str, int] = {}
     for branch, d in deltas:
         nz = d != 0
         touched[branch] = int(torch.count_nonzero(nz))
         if by_uncontrolled is not None and branch in uncontrolled:
             by_uncontrolled |= nz
-        else:
+        elif claimed is not None:
             # safety net: ownership must keep controlled branches disjoint
             clash = claimed & nz
             if bool(clash.any()):
@@ -63,9 +68,12 @@ def medusa_delta(
             claimed |= nz
         touch.add_(nz)
         acc.add_(d)  # the plain three-way sum, in sorted branch order
+        del nz, d  # a lazy branch holds one delta at a time
     del claimed
     multi = touch > 1
     overlap = int(torch.count_nonzero(multi))
+    if overlap and not uncontrolled:
+        _find_overlap(name, deltas, like)  # only controlled branches: some two overlap, name them
     elected = discarded = 0
     if by_uncontrolled is not None and overlap:
         conflict = multi & by_uncontrolled  # bool: elements needing a sign election
@@ -79,6 +87,25 @@ def medusa_delta(
     if scale != 1.0:
         acc.mul_(scale)
     return acc, TensorReport(like.numel(), touched, dict(touched), overlap, elected, discarded)
+
+
+def _names(deltas: Branches) -> list[tuple[str, None]]:
+    """The branch names of ``deltas`` without fetching a lazy branch's tensor."""
+    names = getattr(deltas, "branches", None)
+    if names is not None:
+        return [(b, None) for b in names]
+    return [(b, None) for b, _ in deltas]
+
+
+def _find_overlap(name: str, deltas: Branches, like: torch.Tensor) -> None:
+    """Raise the MergeError naming the first two controlled branches that overlap."""
+    claimed = torch.zeros(like.shape, dtype=torch.bool, device=like.device)
+    for branch, d in deltas:
+        nz = d != 0
+        clash = claimed & nz
+        if bool(clash.any()):
+            _raise_overlap(name, branch, clash, deltas, ())
+        claimed |= nz
 
 
 def _raise_overlap(
@@ -140,12 +167,14 @@ def baseline_delta(
         del nz
         mask, rescale = keep_of(branch, d)
         sparse = d if mask is None else apply_keep(d, mask, rescale)
-        kept[branch] = int(torch.count_nonzero(sparse))
+        kept_nz = sparse != 0  # counted on bool: ~7x faster than on the floats
+        kept[branch] = int(torch.count_nonzero(kept_nz))
         if kept_touch is not None:
-            kept_touch.add_(sparse != 0)
+            kept_touch.add_(kept_nz)
             masks.append((mask, rescale))  # one byte per element; reused in pass 2
+        del kept_nz
         acc.add_(sparse)
-        del sparse, mask
+        del sparse, mask, d  # a lazy branch holds one delta at a time
     overlap = int(torch.count_nonzero(touch > 1))
     del touch
     elected = discarded = 0

@@ -38,49 +38,21 @@ from tqdm.auto import tqdm
 
 from medusa_fed.deltas import SparseDelta
 from medusa_fed.errors import OwnershipError
-from medusa_fed.ownership.candidates import Candidates, build_candidates, chunk_generator
-from medusa_fed.ownership.ownership_map import NO_OWNER, OwnershipMap
+from medusa_fed.ownership.candidates import (
+    CHUNK,
+    Candidates,
+    build_candidates,
+    chunk_generator,
+)
+from medusa_fed.ownership.kernels import ChunkKernel, owners_for_chunk
+from medusa_fed.ownership.ownership_map import OwnershipMap
 
 logger = logging.getLogger(__name__)
 
 Policy = Literal["proportional", "argmax", "balanced"]
 Unselected = Literal["random", "frozen"]
 OwnershipUnit = Literal["element", "lora-rank"]
-
-
-def _no_candidate(
-    owner: torch.Tensor, has: torch.Tensor, u: torch.Tensor, k: int, unselected: Unselected
-) -> torch.Tensor:
-    """Fill elements without a candidate: uniform team (``u`` in [0, 1)) or NO_OWNER."""
-    if unselected == "random":
-        fill = (u * k).clamp_(max=k - 1).to(torch.uint8)
-    else:
-        fill = torch.full_like(owner, NO_OWNER)
-    return torch.where(has, owner, fill)
-
-
-def owners_for_chunk(
-    w: torch.Tensor, u: torch.Tensor, policy: Policy, unselected: Unselected
-) -> torch.Tensor:
-    """Owner ids (uint8) for one chunk of candidate weights ``w`` (k, n), uniforms ``u`` (n,)."""
-    k = w.shape[0]
-    # row loops, not dim-0 reductions: torch reduces across a strided dim 0 ~10x slower
-    if policy == "argmax":
-        best, owner = w[0].clone(), torch.zeros(w.shape[1], dtype=torch.uint8)
-        for i in range(1, k):
-            better = w[i] > best  # strict: ties keep the lowest sorted team name
-            owner.masked_fill_(better, i)
-            torch.maximum(best, w[i], out=best)
-        has = best > 0
-    else:  # proportional: invert the cumulative weights at u * total
-        cum = w.cumsum(0)
-        total = cum[-1]
-        has = total > 0
-        x = torch.minimum(u * total, torch.nextafter(total, torch.zeros_like(total)))
-        owner = torch.zeros(w.shape[1], dtype=torch.uint8)
-        for i in range(k - 1):  # zero-weight teams never own: their cum step is empty
-            owner += cum[i] <= x
-    return _no_candidate(owner, has, u, k, unselected)
+__all__ = ["OwnershipUnit", "Policy", "Unselected", "assign_ownership", "owners_for_chunk"]
 
 
 def assign_ownership(
@@ -152,12 +124,16 @@ def _assign_independent(
 ) -> OwnershipMap:
     """Proportional or argmax: every element decided on its own, one chunk at a time."""
     owners: dict[str, torch.Tensor] = {}
+    widest = max((math.prod(s) for s in cands.shapes.values()), default=0)
+    kernel = ChunkKernel(len(cands.teams), min(CHUNK, max(widest, 1)))
     for name in tqdm(cands.shapes, desc=f"assign ({policy})", disable=not progress):
         out = torch.empty(math.prod(cands.shapes[name]), dtype=torch.uint8)
         for c, start, end in cands.chunks(name):
-            w = cands.weights(name, start, end)
-            u = torch.rand(end - start, generator=chunk_generator(seed, name, c))
-            out[start:end] = owners_for_chunk(w, u, policy, unselected)
+            w = cands.weights(name, start, end, out=kernel.weights)
+            u = torch.rand(
+                end - start, generator=chunk_generator(seed, name, c), out=kernel.u[: end - start]
+            )
+            kernel.owners(w, u, policy, unselected, out=out[start:end])
         owners[name] = out.view(cands.shapes[name])
     logger.info("assign: %s over %d tensors, %d teams", policy, len(owners), len(cands.teams))
     return OwnershipMap(cands.teams, owners, cands.uncontrolled)

@@ -33,7 +33,8 @@ import torch
 from tqdm.auto import tqdm
 
 from medusa_fed.errors import OwnershipError
-from medusa_fed.ownership.candidates import Candidates, chunk_generator
+from medusa_fed.ownership.candidates import CHUNK, Candidates, chunk_generator
+from medusa_fed.ownership.kernels import ChunkKernel, priced_argmax, select_u8
 from medusa_fed.ownership.ownership_map import NO_OWNER, OwnershipMap
 
 logger = logging.getLogger(__name__)
@@ -103,17 +104,6 @@ def _any_candidate(w: torch.Tensor) -> torch.Tensor:
     return has
 
 
-def _priced_argmax(w: torch.Tensor, lam: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Best ``w_i - lambda_i`` over candidates (-inf if none) and its team (uint8)."""
-    best = torch.full((w.shape[1],), -torch.inf)
-    owner = torch.zeros(w.shape[1], dtype=torch.uint8)
-    for i in range(w.shape[0]):
-        score = torch.where(w[i] > 0, w[i] - lam[i], -torch.inf)
-        owner.masked_fill_(score > best, i)  # strict: ties keep the lowest sorted name
-        torch.maximum(best, score, out=best)
-    return best, owner
-
-
 def assign_balanced(
     cands: Candidates,
     unselected: str,
@@ -127,9 +117,11 @@ def assign_balanced(
     frac = min(1.0, SAMPLE / max(n_all, 1))
     # pass 1: count elements with a candidate, sample candidate columns
     n_cand, cols = 0, []
+    widest = max((math.prod(s) for s in cands.shapes.values()), default=0)
+    kernel = ChunkKernel(k, min(CHUNK, max(widest, 1)))
     for name in tqdm(cands.shapes, desc="balanced: sample", disable=not progress):
         for c, start, end in cands.chunks(name):
-            w = cands.weights(name, start, end)
+            w = cands.weights(name, start, end, out=kernel.weights)
             has = _any_candidate(w)
             n_cand += int(has.sum())
             pick = torch.rand(end - start, generator=chunk_generator(seed, name, c, "sample"))
@@ -145,9 +137,13 @@ def assign_balanced(
     for name in tqdm(cands.shapes, desc="balanced: assign", disable=not progress):
         out = torch.empty(math.prod(cands.shapes[name]), dtype=torch.uint8)
         for _c, start, end in cands.chunks(name):
-            best, owner = _priced_argmax(cands.weights(name, start, end), lam)
+            w = cands.weights(name, start, end, out=kernel.weights)
+            best, owner = priced_argmax(w, lam, kernel)
+            n = end - start
             ok = best > 0
-            counts = torch.bincount(torch.where(ok, owner, k), minlength=k + 1)[:k]
+            rest, tmp = torch.empty(n, dtype=torch.uint8), torch.empty(n, dtype=torch.uint8)
+            rest.fill_(k)
+            counts = torch.bincount(select_u8(ok, owner, rest, rest, tmp), minlength=k + 1)[:k]
             for i in (counts > left).nonzero().squeeze(1).tolist():
                 # capacity reached (sampling error): keep the highest margins of this chunk
                 mine = (ok & (owner == i)).nonzero().squeeze(1)
@@ -155,10 +151,11 @@ def assign_balanced(
                 ok[mine[drop.indices]] = False
                 counts[i] = left[i]
             left -= counts
-            rest = torch.full_like(owner, _LEFTOVER)
+            rest.fill_(_LEFTOVER)
             if unselected == "frozen":
-                rest.masked_fill_(best == -torch.inf, NO_OWNER)
-            out[start:end] = torch.where(ok, owner, rest)
+                none = torch.full_like(rest, NO_OWNER)  # no candidate at all
+                select_u8(best == -torch.inf, none, rest, rest, tmp)
+            select_u8(ok, owner, rest, out[start:end], tmp)
         owners[name] = out
     # pass 3: leftovers fill the remaining capacities exactly
     rng = np.random.default_rng([seed, 0xBA1A])

@@ -58,8 +58,14 @@ class Candidates:
         lo, hi = torch.searchsorted(d.indices, torch.tensor([start, end])).tolist()
         return d.indices[lo:hi] - start, d.values[lo:hi].to(torch.float32)
 
-    def weights(self, name: str, start: int, end: int) -> torch.Tensor:
-        """``(k, end - start)`` float32: ``|F_i^p|`` where team i is a candidate for p, else 0."""
+    def weights(
+        self, name: str, start: int, end: int, out: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``(k, end - start)`` float32: ``|F_i^p|`` where team i is a candidate for p, else 0.
+
+        ``out`` (k, >= end - start) float32: a buffer reused across chunks (the result is its
+        first ``end - start`` columns); None allocates one.
+        """
         width = end - start
         rho: torch.Tensor | None = None
         if self.uncontrolled:
@@ -68,7 +74,11 @@ class Candidates:
                 loc, val = self._slice(team, name, start, end)
                 acc[loc] += val  # indices are unique within one delta
             rho = torch.sign(acc)
-        w = torch.zeros(len(self.teams), width, dtype=torch.float32)
+        if out is None:
+            w = torch.zeros(len(self.teams), width, dtype=torch.float32)
+        else:
+            w = out[:, :width]
+            w.zero_()
         for i, team in enumerate(self.teams):
             loc, val = self._slice(team, name, start, end)
             if rho is not None:

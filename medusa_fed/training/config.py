@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Literal, get_args
 
 from medusa_fed.errors import ConfigError
+from medusa_fed.training.device import check_device
 
 Family = Literal["encoder-classifier", "causal-lm"]
 Method = Literal["full", "lora", "ia3"]
@@ -91,8 +92,10 @@ class TrainConfig:
     warmup_ratio: float = 0.0  # fraction of steps with linearly rising learning rate
     grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping
     seed: int = 0  # shuffling, dropout and head init
+    device: str = "auto"  # auto (CUDA when present), cpu, cuda or cuda:N; bf16 autocast on CUDA
 
     def __post_init__(self) -> None:
+        check_device(self.device)
         if not (self.epochs > 0 and math.isfinite(self.epochs)) and self.max_steps <= 0:
             raise ConfigError(f"epochs must be > 0 (or max_steps > 0), found {self.epochs}")
         if self.max_steps < 0:

@@ -15,6 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from medusa_fed.errors import DataError
+from medusa_fed.training.device import autocast, on_device, resolve_device
 from medusa_fed.training.instruct import (
     Prompter,
     answer_ids,
@@ -41,6 +42,7 @@ def evaluate(
     head_seed: int = 0,
     desc: str = "evaluate",
     prompter: Prompter | None = None,
+    device: str = "auto",
 ) -> dict[str, float]:
     """Metrics of base + ``shared`` (None = base values) + ``head`` on ``split``.
 
@@ -51,13 +53,17 @@ def evaluate(
         by ``head_seed``); inferred from ``head`` otherwise.
     batch_size : int (default: 32)
     max_length : int (default: 128)
+    device : str (default: "auto")
+        auto (CUDA when present), cpu, cuda or cuda:N; bf16 autocast on CUDA.
     """
     if base.is_classifier and num_labels is None:
         if head is None:
             raise DataError("evaluate: num_labels is needed when no head is given")
         num_labels = labels_from_head(head)
     team = base.build(num_labels, shared=shared, head=head, head_seed=head_seed)
-    return evaluate_model(team, base.tokenizer, split, batch_size, max_length, desc, prompter)
+    return evaluate_model(
+        team, base.tokenizer, split, batch_size, max_length, desc, prompter, device
+    )
 
 
 @torch.no_grad()
@@ -69,8 +75,13 @@ def evaluate_model(
     max_length: int = 128,
     desc: str = "evaluate",
     prompter: Prompter | None = None,
+    device: str = "auto",
 ) -> dict[str, float]:
-    """Like :func:`evaluate` on an already built :class:`TeamModel`."""
+    """Like :func:`evaluate` on an already built :class:`TeamModel` (back on CPU afterwards).
+
+    Instruction scoring of a causal LM (``prompter``) runs on CPU whatever ``device`` says: its
+    cached-prompt generation builds CPU tensors (not yet moved to a device).
+    """
     if len(split) == 0:
         raise DataError(f"{desc}: the split is empty; nothing to evaluate")
     apply_thread_setting()
@@ -78,6 +89,20 @@ def evaluate_model(
         return _evaluate_instructions(
             team, tokenizer, split, prompter, batch_size, max_length, desc
         )
+    where = resolve_device(device)
+    with on_device(team.module, where):
+        return _evaluate(team, tokenizer, split, batch_size, max_length, desc, where)
+
+
+def _evaluate(
+    team: TeamModel,
+    tokenizer: object,
+    split: Split,
+    batch_size: int,
+    max_length: int,
+    desc: str,
+    device: torch.device,
+) -> dict[str, float]:
     causal = team.num_labels is None
     team.module.eval()
     preds = [0] * len(split)
@@ -88,7 +113,8 @@ def evaluate_model(
     ):
         rows = order[lo : lo + batch_size]
         batch = encode(tokenizer, split, rows, max_length, causal)
-        out = team.module(**batch)
+        with autocast(device):
+            out = team.module(**{k: v.to(device) for k, v in batch.items()})
         if causal:
             n = int((batch["labels"][:, 1:] != -100).sum())  # predicted tokens in the batch
             loss_sum += float(out.loss) * n

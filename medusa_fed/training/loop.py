@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from medusa_fed.errors import ConfigError, DataError
 from medusa_fed.masking import MaskedUpdate
 from medusa_fed.training.config import Method, TrainConfig
+from medusa_fed.training.device import autocast, on_device, resolve_device
 from medusa_fed.training.instruct import Prompter, encode_instruction
 from medusa_fed.training.models import TeamModel
 
@@ -137,9 +138,26 @@ def train(
     ``masks`` (shared-space name -> bool, True = owned) restricts the shared space bit-exactly;
     ``head_only`` freezes the whole shared space; a ``prompter`` trains a causal LM on a labelled
     task as instructions (loss on the answer tokens). Runs are reproducible for a given
-    ``cfg.seed``.
+    ``cfg.seed``. Runs on ``cfg.device`` (the model is back on CPU when it returns).
     """
     apply_thread_setting()
+    device = resolve_device(cfg.device)
+    with on_device(team.module, device):
+        return _train(team, tokenizer, split, cfg, method, masks, head_only, desc, prompter, device)
+
+
+def _train(
+    team: TeamModel,
+    tokenizer: object,
+    split: Split,
+    cfg: TrainConfig,
+    method: Method,
+    masks: Mapping[str, torch.Tensor] | None,
+    head_only: bool,
+    desc: str,
+    prompter: Prompter | None,
+    device: torch.device,
+) -> dict[str, float]:
     for p in team.shared.values():
         p.requires_grad_(not head_only)
     if head_only and not team.head:
@@ -147,7 +165,7 @@ def train(
     steps = plan_steps(len(split), cfg)
     causal = team.num_labels is None
     params = [p for group in (team.shared, team.head) for p in group.values()]
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(cfg.seed)
         optimizer = _optimizer(team, cfg, method)
         guard = MaskedUpdate(team.shared, masks, optimizer) if masks is not None else None
@@ -158,15 +176,24 @@ def train(
             )
             if guard is not None:
                 guard.remove()
-            return {"steps": 0.0, "train_loss": math.nan, "final_loss": math.nan, "seconds": 0.0}
+            return {
+                "steps": 0.0,
+                "train_loss": math.nan,
+                "final_loss": math.nan,
+                "seconds": 0.0,
+                "tokens": 0.0,
+            }
         team.module.train()
         losses: list[float] = []
+        tokens = 0  # non-padding input tokens fed (tokens per second = tokens / seconds)
         started = time.perf_counter()
         bar = tqdm(total=steps, desc=desc, unit="step", leave=False, disable=None)
         try:
             for step, rows in enumerate(_batches(len(split), cfg, steps)):
                 batch = encode(tokenizer, split, rows, cfg.max_length, causal, prompter)
-                loss = team.module(**batch).loss
+                tokens += int(batch["attention_mask"].sum())
+                with autocast(device):
+                    loss = team.module(**{k: v.to(device) for k, v in batch.items()}).loss
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if cfg.grad_clip > 0:
@@ -193,4 +220,5 @@ def train(
         "train_loss": sum(losses) / len(losses),
         "final_loss": sum(tail) / len(tail),
         "seconds": time.perf_counter() - started,
+        "tokens": float(tokens),
     }

@@ -22,8 +22,9 @@ def _model(seed: int) -> nn.Module:
 
 def _train(model: nn.Module, opt: torch.optim.Optimizer, steps: int, seed: int) -> None:
     gen = torch.Generator().manual_seed(seed)
+    device = next(model.parameters()).device
     for _ in range(steps):
-        x = torch.randn(5, 6, generator=gen)
+        x = torch.randn(5, 6, generator=gen).to(device)
         loss = model(x).pow(2).mean()
         opt.zero_grad()
         loss.backward()
@@ -37,15 +38,21 @@ def _optimizer(kind: str, model: nn.Module) -> torch.optim.Optimizer:
     return torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=0.3)
 
 
+DEVICES = ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]  # whatever is present
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @settings(max_examples=15, deadline=None)
 @given(
     seed=st.integers(0, 10_000),
     density=st.floats(0.05, 1.0),
     kind=st.sampled_from(["adamw", "sgd"]),
 )
-def test_non_owned_elements_stay_bit_exact(seed: int, density: float, kind: str) -> None:
+def test_non_owned_elements_stay_bit_exact(
+    seed: int, density: float, kind: str, device: str
+) -> None:
     # Prepare
-    model = _model(seed)
+    model = _model(seed).to(device)
     named = dict(model.named_parameters())
     gen = torch.Generator().manual_seed(seed)
     masks = {n: torch.rand(p.shape, generator=gen) < density for n, p in named.items()}
@@ -56,7 +63,7 @@ def test_non_owned_elements_stay_bit_exact(seed: int, density: float, kind: str)
     _train(model, opt, steps=25, seed=seed)
     # Assert
     for name, p in named.items():
-        frozen = ~masks[name]
+        frozen = ~masks[name].to(device)
         assert torch.equal(
             p.detach()[frozen].view(torch.int32), start[name][frozen].view(torch.int32)
         )

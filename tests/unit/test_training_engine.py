@@ -22,6 +22,7 @@ TEXTS = ("good great fun movie", "bad awful boring film", "love this story", "ha
 CLS = TaskData("toy", "classification", ("pos", "neg"), *(Split(TEXTS, (0, 1, 0, 1) * 6),) * 3)
 LM = TaskData("toylm", "language-modeling", (), *(Split(TEXTS, ()),) * 3)
 CFG = TrainConfig(max_steps=4, lr=1e-2, batch_size=8, weight_decay=0.1)
+DEVICES = ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]  # whatever is present
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +41,7 @@ def _random_mask(base: BaseModel, seed: int, density: float = 0.3) -> dict[str, 
     return {n: torch.rand(s, generator=gen) < density for n, s in base.shapes.items()}
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize(
     ("arch", "method", "optimizer"),
     [
@@ -53,12 +55,19 @@ def _random_mask(base: BaseModel, seed: int, density: float = 0.3) -> dict[str, 
     ],
 )
 def test_masked_finetune_is_bit_exact_outside_the_mask(
-    tiny: dict[str, Path], arch: str, method: str, optimizer: str
+    tiny: dict[str, Path], arch: str, method: str, optimizer: str, device: str
 ) -> None:
     # Prepare
     base = _base(tiny, arch, method)
     mask = _random_mask(base, seed=1)
-    cfg = TrainConfig(max_steps=4, lr=1e-2, batch_size=8, weight_decay=0.1, optimizer=optimizer)  # type: ignore[arg-type]
+    cfg = TrainConfig(
+        max_steps=4,
+        lr=1e-2,
+        batch_size=8,
+        weight_decay=0.1,
+        optimizer=optimizer,  # type: ignore[arg-type]
+        device=device,
+    )
     # Execute
     result = finetune(base, CLS if arch == "bert" else LM, cfg, mask=mask)
     # Assert

@@ -1,0 +1,140 @@
+"""The per-chunk kernels of ownership assignment: owners from one chunk of candidate weights.
+
+Plain tensor-in / tensor-out functions over a ``(k, n)`` float32 weight matrix (row i = team i,
+see :mod:`medusa_fed.ownership.candidates`) and ``n`` uniforms; the policies' semantics are stated
+in :mod:`medusa_fed.ownership.assign`. Written for memory speed: buffers allocated once per
+assignment, whole-row passes only, and only ops torch vectorises.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from medusa_fed.ownership.candidates import CHUNK
+from medusa_fed.ownership.ownership_map import NO_OWNER
+
+
+class ChunkKernel:
+    """The per-chunk owner kernels of proportional and argmax, on buffers reused across chunks.
+
+    Every temporary of a chunk lives in a buffer allocated once (``CHUNK`` wide): a fresh
+    multi-megabyte tensor per step costs its page faults every chunk, which measured slower than
+    the arithmetic itself. Each kernel is a fixed number of passes over the ``(k, n)`` weights,
+    row by row (torch reduces across a strided dim 0 ~10x slower than it adds two rows), using
+    only ops torch vectorises: a uint8 ``masked_fill_`` / ``where`` and a float64 += float32 each
+    measured 20-40x slower than a same-dtype add, so selects are uint8 arithmetic
+    (:func:`select_u8`) and the float64 sum adds a float64 copy of each row.
+    """
+
+    def __init__(self, k: int, width: int = CHUNK) -> None:
+        self.k = k
+        self.weights = torch.empty(k, width, dtype=torch.float32)  # Candidates.weights(out=)
+        self.u = torch.empty(width, dtype=torch.float32)
+        self._f = torch.empty(3, width, dtype=torch.float32)
+        self._cum = torch.empty(max(k - 1, 1), width, dtype=torch.float32)
+        self._acc = torch.empty(2, width, dtype=torch.float64)
+        self._zeros = torch.zeros(width, dtype=torch.float32)
+        self._bool = torch.empty(2, width, dtype=torch.bool)
+        self._owner = torch.empty(3, width, dtype=torch.uint8)
+
+    def owners(
+        self,
+        w: torch.Tensor,
+        u: torch.Tensor,
+        policy: str,
+        unselected: str,
+        out: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Owner ids (uint8) of one chunk: weights ``w`` (k, n), uniforms ``u`` (n,), into
+        ``out`` (n,) when given. ``policy``: "argmax", else proportional; ``unselected``:
+        "random", else frozen (NO_OWNER)."""
+        k, n = w.shape
+        owner, has = self._owner[0, :n], self._bool[0, :n]
+        if policy == "argmax":
+            best, better = self._f[0, :n], self._bool[1, :n]
+            team = self._owner[1, :n]
+            best.copy_(w[0])
+            owner.zero_()
+            for i in range(1, k):
+                torch.gt(w[i], best, out=better)  # strict: ties keep the lowest sorted team name
+                team.fill_(i)
+                select_u8(better, team, owner, owner, self._owner[2, :n])
+                torch.maximum(best, w[i], out=best)
+            torch.gt(best, 0, out=has)
+        else:  # proportional: invert the cumulative weights at u * total
+            # the running sum in float64, each prefix rounded to float32: bit for bit what
+            # ``w.cumsum(0)`` gives on CPU (it accumulates float32 in double)
+            acc, row, cum = self._acc[0, :n], self._acc[1, :n], self._cum[:, :n]
+            acc.copy_(w[0])
+            if k > 1:
+                cum[0].copy_(w[0])
+            for i in range(1, k):
+                row.copy_(w[i])
+                acc.add_(row)
+                if i < k - 1:
+                    cum[i].copy_(acc)
+            total, x = self._f[0, :n], self._f[1, :n]
+            total.copy_(acc)
+            torch.gt(total, 0, out=has)
+            torch.mul(u, total, out=x)
+            below = torch.nextafter(total, self._zeros[:n], out=self._f[2, :n])
+            torch.minimum(x, below, out=x)
+            owner.zero_()
+            le = self._bool[1, :n]
+            for i in range(k - 1):  # zero-weight teams never own: their cum step is empty
+                torch.le(cum[i], x, out=le)
+                owner.add_(le)
+        # elements without a candidate: uniform team (``u`` in [0, 1)) or NO_OWNER
+        result = torch.empty(n, dtype=torch.uint8) if out is None else out
+        fill = self._owner[1, :n]
+        if unselected == "random":
+            f = self._f[1, :n]
+            torch.mul(u, k, out=f)
+            f.clamp_(max=k - 1)
+            fill.copy_(f)  # float -> uint8 truncates, like .to(torch.uint8)
+        else:
+            fill.fill_(NO_OWNER)
+        return select_u8(has, owner, fill, result, self._owner[2, :n])
+
+
+def select_u8(
+    cond: torch.Tensor, a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, tmp: torch.Tensor
+) -> torch.Tensor:
+    """``torch.where(cond, a, b)`` for uint8 ``a`` / ``b`` as ``b + cond * (a - b)`` (mod 256,
+    so exact), into ``out``; ``tmp`` is scratch (``out`` may be ``a`` or ``b``, not ``tmp``)."""
+    torch.sub(a, b, out=tmp)
+    tmp.mul_(cond.view(torch.uint8))
+    return torch.add(b, tmp, out=out)
+
+
+def priced_argmax(
+    w: torch.Tensor, lam: torch.Tensor, kernel: ChunkKernel | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Best ``w_i - lambda_i`` over candidates (``w_i > 0``; -inf if none) and its team (uint8).
+
+    Ties keep the lowest sorted team name. Returns views of ``kernel``'s buffers (valid until its
+    next call) when one is given.
+    """
+    k, n = w.shape
+    ws = kernel or ChunkKernel(k, n)
+    best, score, owner, team = ws._f[0, :n], ws._f[1, :n], ws._owner[0, :n], ws._owner[1, :n]
+    pos, better, ninf = ws._bool[0, :n], ws._bool[1, :n], ws._f[2, :n]
+    best.fill_(-torch.inf)
+    ninf.fill_(-torch.inf)
+    owner.zero_()
+    for i in range(k):
+        torch.gt(w[i], 0, out=pos)
+        torch.sub(w[i], lam[i], out=score)
+        torch.where(pos, score, ninf, out=score)
+        torch.gt(score, best, out=better)  # strict: ties keep the lowest sorted name
+        team.fill_(i)
+        select_u8(better, team, owner, owner, ws._owner[2, :n])
+        torch.maximum(best, score, out=best)
+    return best, owner
+
+
+def owners_for_chunk(
+    w: torch.Tensor, u: torch.Tensor, policy: str, unselected: str
+) -> torch.Tensor:
+    """Owner ids (uint8) for one chunk of candidate weights ``w`` (k, n), uniforms ``u`` (n,)."""
+    return ChunkKernel(w.shape[0], w.shape[1]).owners(w, u, policy, unselected)
