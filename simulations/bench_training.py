@@ -1,6 +1,7 @@
-"""Masked vs unmasked fine-tuning step on the bundled MiniLM: time ratio and memory.
+"""Masked vs unmasked fine-tuning step on the bundled MiniLM (or ``--model``): ratio and memory.
 
-Run: ``python -m simulations.bench_training [--steps 12] [--density 0.333] [--device auto]``
+Run: ``python -m simulations.bench_training [--steps 12] [--density 0.333] [--device auto]
+[--model smollm2-135m-instruct --methods lora,ia3]``
 (about 2 minutes on 2 CPU cores; ``--device cuda`` times the steps on a GPU, bf16 autocast).
 Two identical team models train on the same batches, steps interleaved (unmasked, masked,
 unmasked, ...) so machine load hits both alike; the table gives the median step time of each
@@ -73,18 +74,27 @@ def _guard_work(guard: MaskedUpdate, device: torch.device) -> float:
 
 
 def bench(
-    method: str, steps: int, density: float, batch_size: int, device: str = "cpu"
+    method: str,
+    steps: int,
+    density: float,
+    batch_size: int,
+    device: str = "cpu",
+    model: str = "all-MiniLM-L6-v2",
 ) -> dict[str, float]:
-    """Median masked and unmasked step times of ``method`` on ``device`` (see module doc)."""
+    """Median masked and unmasked step times of ``method`` on ``device`` (see module doc); a
+    causal LM (``--model smollm2-135m-instruct``) takes next-token steps on the same text."""
     where = resolve_device(device)
-    base: BaseModel = load_base(ModelSpec(method=method))  # type: ignore[arg-type]
+    base: BaseModel = load_base(ModelSpec(source=model, method=method))  # type: ignore[arg-type]
+    causal = not base.is_classifier
     cfg = TrainConfig(batch_size=batch_size)
     lr = cfg.lr_for(base.spec.method)
-    split = Split((TEXT,) * batch_size, (0, 1) * (batch_size // 2) + (0,) * (batch_size % 2))
-    batch = encode(base.tokenizer, split, list(range(batch_size)), cfg.max_length, causal=False)
+    ids = () if causal else (0, 1) * (batch_size // 2) + (0,) * (batch_size % 2)
+    split = Split((TEXT,) * batch_size, ids)
+    batch = encode(base.tokenizer, split, list(range(batch_size)), cfg.max_length, causal=causal)
     tokens = int(batch["attention_mask"].sum())
     batch = {k: v.to(where) for k, v in batch.items()}
-    plain, masked = base.build(2), base.build(2)
+    labels = None if causal else 2
+    plain, masked = base.build(labels), base.build(labels)
     plain.module.to(where)
     masked.module.to(where)
     opts = [
@@ -134,9 +144,10 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--methods", default="full,lora")
     parser.add_argument("--device", default="cpu", help="auto | cpu | cuda | cuda:N")
+    parser.add_argument("--model", default="all-MiniLM-L6-v2", help="bundled, packaged or a dir")
     args = parser.parse_args()
     rows = {
-        m: bench(m, args.steps, args.density, args.batch_size, args.device)
+        m: bench(m, args.steps, args.density, args.batch_size, args.device, args.model)
         for m in args.methods.split(",")
     }
     cols = ["plain_s", "masked_s", "ratio", "tokens_per_s", "guard_s", "guard_share"]
