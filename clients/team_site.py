@@ -45,7 +45,7 @@ from medusa_fed.protocol import (
     Settings,
     TrainRequest,
 )
-from medusa_fed.team_config import TeamConfig
+from medusa_fed.team_config import TeamConfig, simulated_team
 from medusa_fed.training.branch import BranchResult, finetune, num_labels_of, probe, refit_head
 from medusa_fed.training.config import ModelSpec, TrainConfig
 from medusa_fed.training.data import TaskData, TaskSpec, describe, load_task
@@ -370,4 +370,7 @@ def show_progress() -> None:
 def site_for(context: Context) -> TeamSite:
     """The TeamSite of a Flower node: its node config names the team's data and choices."""
     show_progress()
-    return TeamSite(TeamConfig.from_node_config(context.node_config), context.state)
+    node = context.node_config
+    if "task" not in node and "partition-id" in node:  # a simulation's virtual SuperNode
+        return TeamSite(simulated_team(node, context.run_config), context.state)
+    return TeamSite(TeamConfig.from_node_config(node), context.state)

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import torch
 from tqdm.auto import tqdm
 
+from medusa_fed import progress
 from medusa_fed.errors import DataError
 from medusa_fed.training.loop import apply_thread_setting, encode
 from medusa_fed.training.metrics import accuracy, macro_f1
@@ -65,9 +66,12 @@ def evaluate_model(
     preds = [0] * len(split)
     loss_sum, tokens = 0.0, 0
     order = by_length(split)  # batches of similar length: less padding, same predictions
-    for lo in tqdm(
-        range(0, len(split), batch_size), desc=desc, unit="batch", leave=False, disable=None
+    total = -(-len(split) // batch_size)
+    quiet = True if progress.current() is not None else None  # a display renders the batches
+    for i, lo in enumerate(
+        tqdm(range(0, len(split), batch_size), desc=desc, unit="batch", leave=False, disable=quiet)
     ):
+        progress.emit("step", what=desc, step=i + 1, total=total, loss=None)
         rows = order[lo : lo + batch_size]
         batch = encode(tokenizer, split, rows, max_length, causal)
         out = team.module(**batch)
