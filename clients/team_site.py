@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from flwr.app import Context, RecordDict
 
+from medusa_fed import progress
 from medusa_fed.codec import (
     decode_dense,
     decode_mask,
@@ -365,6 +366,7 @@ def show_progress() -> None:
     medusa = logging.getLogger("medusa_fed")
     if medusa.level == logging.NOTSET:
         medusa.setLevel(logging.INFO)
+    progress.relay_warnings()  # a simulation's display shows this site's warnings
 
 
 def site_for(context: Context) -> TeamSite:

@@ -11,6 +11,8 @@ Events (``kind`` and its fields)::
     stage      stage, state ("start" | "done"), seconds, sent, received (bytes, "done" only)
     step       what ("probe movie", "train-round1 tweet", "eval medusa bbc"), step, total, loss
     run        state ("done" | "failed"), error (failed only)
+    warning    logger, message: a warning of the project's own loggers someone can act on (a
+               team left out, a loss that diverged), relayed by :func:`relay_warnings`
 
 Every event also carries ``t`` (time.time() when emitted) and ``pid``.
 """
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import threading
 import time
@@ -100,3 +103,23 @@ def read_new(path: str, offset: int) -> tuple[list[Event], int]:
         if isinstance(event, dict):
             events.append(event)
     return events, offset + end + 1
+
+
+OWN_LOGGERS = ("medusa_fed", "strategies", "clients", "simulations")
+
+
+class _WarningRelay(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.name.split(".")[0] in OWN_LOGGERS:
+            emit("warning", logger=record.name, message=record.getMessage())
+
+
+_RELAY = _WarningRelay(logging.WARNING)
+
+
+def relay_warnings() -> None:
+    """In a process that reports progress to a file (a Flower simulation's ServerApp or
+    ClientApp), also send the project's own warnings as events, so the display that started the
+    run shows them. Idempotent; nothing when no file is set."""
+    if os.environ.get(ENV) and _RELAY not in logging.getLogger().handlers:
+        logging.getLogger().addHandler(_RELAY)

@@ -38,6 +38,7 @@ def make_server_app(
     @app.main()
     def main(grid: Grid, context: Context) -> None:
         _log_stages()
+        progress.relay_warnings()
         try:
             cfg = config if config is not None else coordinator_config(context.run_config)
             base = load_base(model_spec(cfg))

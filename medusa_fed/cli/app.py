@@ -19,9 +19,6 @@ app = typer.Typer(
 
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-# Loggers whose warnings a user can act on (a team left out, a loss that diverged, a bad file):
-# the project's own. Other libraries' warnings go to the run's log file only.
-OWN_LOGGERS = ("medusa_fed", "strategies", "clients", "simulations")
 
 
 class Options:
@@ -43,6 +40,10 @@ def setup_logging(
 
 
 def own_warnings(record: logging.LogRecord) -> bool:
+    """Warnings a user can act on (a team left out, a loss that diverged, a bad file): the
+    project's own. Other libraries' warnings go to the run's log file only."""
+    from medusa_fed.progress import OWN_LOGGERS
+
     return record.levelno >= logging.WARNING and record.name.split(".")[0] in OWN_LOGGERS
 
 

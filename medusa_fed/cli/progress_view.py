@@ -140,6 +140,8 @@ class ProgressView:
                     self.stage.teams.setdefault(str(team), TeamRow())
             elif kind == "stage" and event.get("state") == "done":
                 self._finished(event)
+            elif kind == "warning":
+                self._line(f"warning: {event.get('message', '')}")
             elif kind == "step":
                 self.stage.step(event)
                 if self._live is None and self.live_mode:
@@ -153,12 +155,16 @@ class ProgressView:
             moved = f"  sent {human_bytes(sent)}, received {human_bytes(received)}"
         line = f"{name:<10} done in {duration(float(event.get('seconds', 0.0))):>7}{moved}"
         self.done.append(line)
-        if self._live is not None:
-            self._live.console.print(line, highlight=False)
-        else:
-            self._write(("\r\033[K" if self.live_mode else "") + line + "\n")
+        self._line(line)
         self.stage = StageView(name="", started=float(event.get("t", time.time())))
         self.between = True
+
+    def _line(self, line: str) -> None:
+        """A line that stays (above the live display, if any)."""
+        if self._live is not None:
+            self._live.console.print(line, highlight=False, markup=False)
+        else:
+            self._write(("\r\033[K" if self.live_mode else "") + line + "\n")
 
     # ------------------------------------------------------------------ rendering
     def _rows(self) -> list[tuple[str, ...]]:

@@ -88,3 +88,23 @@ def test_the_live_display_renders_without_a_terminal(tmp_path: Path):
     path = tmp_path / "p.jsonl"
     path.write_text("".join(json.dumps(e) + "\n" for e in events))
     assert progress.read_new(str(path), 0)[0] == events
+
+
+def test_own_warnings_of_a_flower_process_reach_the_display(tmp_path, monkeypatch):
+    import logging
+
+    path = tmp_path / "p.jsonl"
+    monkeypatch.setenv(progress.ENV, str(path))
+    progress.relay_warnings()
+    progress.relay_warnings()  # once only
+    try:
+        logging.getLogger("medusa_fed.pipeline.state").warning("probe: team %r left out", "b")
+        logging.getLogger("ray").warning("not ours")
+    finally:
+        logging.getLogger().removeHandler(progress._RELAY)
+    events, _ = progress.read_new(str(path), 0)
+    assert [e["message"] for e in events] == ["probe: team 'b' left out"]
+    out = io.StringIO()
+    with ProgressView(out) as view:
+        view(events[0])
+    assert out.getvalue() == "warning: probe: team 'b' left out\n"
