@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from flwr.app import Context, RecordDict
 
+from medusa_fed import progress
 from medusa_fed.codec import (
     decode_dense,
     decode_mask,
@@ -46,7 +47,7 @@ from medusa_fed.protocol import (
     Settings,
     TrainRequest,
 )
-from medusa_fed.team_config import TeamConfig
+from medusa_fed.team_config import TeamConfig, simulated_team
 from medusa_fed.training.branch import (
     BranchResult,
     finetune,
@@ -392,9 +393,13 @@ def show_progress() -> None:
     medusa = logging.getLogger("medusa_fed")
     if medusa.level == logging.NOTSET:
         medusa.setLevel(logging.INFO)
+    progress.relay_warnings()  # a simulation's display shows this site's warnings
 
 
 def site_for(context: Context) -> TeamSite:
     """The TeamSite of a Flower node: its node config names the team's data and choices."""
     show_progress()
-    return TeamSite(TeamConfig.from_node_config(context.node_config), context.state)
+    node = context.node_config
+    if "task" not in node and "partition-id" in node:  # a simulation's virtual SuperNode
+        return TeamSite(simulated_team(node, context.run_config), context.state)
+    return TeamSite(TeamConfig.from_node_config(node), context.state)

@@ -12,11 +12,16 @@ cannot override ``controlled = false``. Keys (kebab-case, as in ``--node-config`
     share-head      send the trained classification head to the coordinator (default: true)
     device          where this site trains and scores: auto (CUDA when present), cpu, cuda or
                     cuda:N (default: auto); bf16 autocast on CUDA
+
+In a local simulation (``flwr run`` on a simulation SuperLink, ``medusa simulate``) the virtual
+SuperNodes have no node config of their own, only Flower's ``partition-id``: node ``i`` plays the
+``i``-th team of the run config's ``teams`` list (:data:`SIMULATION_KEYS`), e.g.
+``teams = "movie,tweet,legal=/data/legal.csv"`` and ``uncontrolled = "tweet"``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +41,10 @@ _KNOWN = {
 }
 # Flower's simulation engine adds these to every node config.
 _FLOWER_KEYS = {"partition-id", "num-partitions"}
+# Run-config keys that only a simulation reads (the teams its virtual SuperNodes play); the
+# coordinator's RunConfig leaves them out.
+SIMULATION_KEYS = ("teams", "uncontrolled")
+MAX_TEAMS = 16
 
 
 @dataclass(frozen=True)
@@ -101,3 +110,57 @@ class TeamConfig:
         if self.device != "auto":
             out["device"] = self.device
         return out
+
+
+def parse_teams(
+    text: str, uncontrolled: Sequence[str] = (), max_train: int | None = None
+) -> list[TeamConfig]:
+    """Teams from ``"movie,tweet,legal=/data/legal.csv"``: a bundled task, or name=task/file.
+
+    A team named in ``uncontrolled`` refuses masks (an uncontrolled branch).
+    """
+    teams: list[TeamConfig] = []
+    for item in (p.strip() for p in text.split(",")):
+        if not item:
+            continue
+        name, sep, task = item.partition("=")
+        if not sep:
+            name, task = item, item
+        teams.append(
+            TeamConfig(
+                name=name.strip(),
+                task=task.strip(),
+                max_train=max_train,
+                controlled=name.strip() not in set(uncontrolled),
+            )
+        )
+    names = [t.name for t in teams]
+    unknown = sorted(set(uncontrolled) - set(names))
+    if unknown:
+        raise ConfigError(f"uncontrolled names {unknown}, expected some of the teams {names}")
+    if len(set(names)) != len(names):
+        raise ConfigError(f"team names must be unique, found {names}; use name=task to rename")
+    if not 2 <= len(teams) <= MAX_TEAMS:
+        raise ConfigError(f"a simulation needs 2 to {MAX_TEAMS} teams, found {len(teams)}: {names}")
+    return teams
+
+
+def simulated_team(node_config: Mapping[str, Any], run_config: Mapping[str, Any]) -> TeamConfig:
+    """The team a virtual SuperNode of a simulation plays: the ``partition-id``-th of the run
+    config's ``teams`` (``uncontrolled`` names the teams that refuse masks)."""
+    raw = str(run_config.get("teams", "")).strip()
+    if not raw:
+        raise ConfigError(
+            "this SuperNode has no node config (no 'task') and the run config names no teams; "
+            "in a simulation pass --run-config \"teams='movie,tweet,bbc'\", in a deployment "
+            "start the SuperNode with --node-config \"team='movie' task='movie'\""
+        )
+    uncontrolled = [u.strip() for u in str(run_config.get("uncontrolled", "")).split(",")]
+    teams = parse_teams(raw, [u for u in uncontrolled if u])
+    pid = int(node_config["partition-id"])
+    if not 0 <= pid < len(teams):
+        raise ConfigError(
+            f"SuperNode partition-id {pid} has no team: the run config's teams are "
+            f"{[t.name for t in teams]}; set num-supernodes = {len(teams)}"
+        )
+    return teams[pid]

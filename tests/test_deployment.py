@@ -44,7 +44,9 @@ from medusa_fed.deploy.certs import (
 from medusa_fed.errors import ConfigError
 from medusa_fed.run_config import RunConfig
 from medusa_fed.rundir.run_dir import RunDir
+from medusa_fed.team_config import SIMULATION_KEYS
 from simulations.simulate import parse_teams, simulate
+from strategies.server_app import coordinator_config
 
 REPO = Path(__file__).resolve().parents[1]
 APP = REPO / "deploy" / "app"
@@ -377,9 +379,11 @@ def test_app_config_lists_every_run_config_key_with_its_default():
     assert ok, errors
     raw = project["tool"]["flwr"]["app"]["config"]
     defaults = RunConfig().to_mapping()
-    # every key can be overridden with --run-config (Flower refuses keys the app does not list)
-    assert sorted(raw) == sorted(defaults)
-    assert RunConfig.from_mapping(raw) == RunConfig()
+    # every key can be overridden with --run-config (Flower refuses keys the app does not list),
+    # and the simulation's team keys (which team each virtual SuperNode plays) are empty
+    assert sorted(raw) == sorted([*defaults, *SIMULATION_KEYS])
+    assert {k: raw[k] for k in SIMULATION_KEYS} == dict.fromkeys(SIMULATION_KEYS, "")
+    assert coordinator_config(raw) == RunConfig()
 
 
 # ---------------------------------------------------------------------- the deployment

@@ -1,13 +1,16 @@
 """End to end on Flower's simulation engine (Ray): the real ServerApp and ClientApp on a tiny BERT.
 
-One Ray run is shared by the assertions (Ray's start-up dominates a tiny run's time); the
-in-process backend must give the same merged model for the same seed.
+``simulate(backend="ray")`` (what ``medusa simulate`` runs) sends the app with ``flwr run`` to a
+local simulation SuperLink. One such run is shared by the assertions (Flower's and Ray's start-up
+dominate a tiny run's time); the in-process backend, and Flower's own ``flwr run`` typed as a
+user would with the same run config, must give the same merged models for the same seed.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -78,6 +81,72 @@ def test_simulation_merge_is_base_plus_owned_deltas_and_matches_inprocess(
     ]
 
 
+def test_flwr_run_of_the_app_gives_the_same_merged_models(ray_run, tmp_path):
+    """A Flower user's run: a connection to a local simulation SuperLink in their own
+    $FLWR_HOME/config.toml, then `flwr run deploy/app <connection> --run-config ...
+    --federation-config "num-supernodes=3 client-resources-num-cpus=1" --stream`; every merged
+    model (Medusa's and TIES's) is the one `medusa simulate` wrote, bit for bit. The CPUs per
+    SuperNode must match (medusa simulate gives each 1): Ray sets a ClientApp's torch threads
+    from them, and float sums depend on the thread count. (40-70 s on 2 cores: Flower's and
+    Ray's start-up.)"""
+    from simulations.flower_run import APP_DIR, child_env, flower_bin, local_superlink
+
+    _, out, teams, config = ray_run
+    mine = tmp_path / "flwr-run"
+    home = tmp_path / "flwr-home"
+    env = child_env(home, tmp_path / "progress.jsonl")
+    values = {
+        **config.to_mapping(),
+        "out-dir": str(mine),
+        "teams": ",".join(f"{t.name}={t.task}" for t in teams),
+        "uncontrolled": "gamma",
+    }
+    run_config = " ".join(
+        f"{k}={json.dumps(v) if isinstance(v, str) else str(v).lower()}" for k, v in values.items()
+    )
+    with (
+        open(tmp_path / "log.txt", "ab") as log,
+        local_superlink(tmp_path, env, log, deadline_s=600) as port,
+    ):
+        home.mkdir(parents=True, exist_ok=True)
+        (home / "config.toml").write_text(
+            '[superlink]\ndefault = "local-sim"\n\n[superlink.local-sim]\n'
+            f'address = "127.0.0.1:{port}"\ninsecure = true\n'
+        )
+        done = subprocess.run(
+            [flower_bin("flwr"), "run", str(APP_DIR), "local-sim", "--stream",
+             "--run-config", run_config,
+             "--federation-config", "num-supernodes=3 client-resources-num-cpus=1"],
+            env=env, capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "DEPRECATED" not in done.stdout + done.stderr
+    for method in ("medusa", "ties"):
+        a, _ = RunDir(out, readonly=True).read_tensors(f"merged/{method}/shared.safetensors")
+        b, _ = RunDir(mine, readonly=True).read_tensors(f"merged/{method}/shared.safetensors")
+        assert sorted(a) == sorted(b)
+        for name in a:
+            assert torch.equal(a[name], b[name]), (method, name)
+
+
+def test_simulation_reports_progress_and_logs_to_the_run_directory(ray_run):
+    """The Flower processes' progress events reached the run's progress file (every stage
+    started and finished, training steps from the team sites), and their log is in log.txt."""
+    from medusa_fed.progress import read_new
+
+    _, out, _, _ = ray_run
+    events, _ = read_new(str(out / "flwr" / "progress.jsonl"), 0)
+    done = [e["stage"] for e in events if e["kind"] == "stage" and e["state"] == "done"]
+    assert done[:2] == ["hello", "probe"] and done[-1] == "export", done
+    steps = [e for e in events if e["kind"] == "step"]
+    assert {e["what"].split()[-1] for e in steps} == {"alpha", "beta", "gamma"}
+    assert len({e["pid"] for e in steps} - {e["pid"] for e in events if e["kind"] == "stage"}) >= 1
+    assert [e["state"] for e in events if e["kind"] == "run"] == ["done"]
+    log = (out / "log.txt").read_text()
+    assert "probe alpha: step 1/" in log and "Successfully started run" in log
+    assert "DEPRECATED" not in log
+
+
 def test_parse_teams_rejects_bad_lists():
     with pytest.raises(ConfigError, match="unique"):
         parse_teams("movie,movie")
@@ -125,6 +194,13 @@ def test_cli_simulate_inprocess_prints_the_table(tiny_bert, tiny_tasks, tmp_path
     assert result.exit_code == 0, result.output
     assert "task_arithmetic" in result.output and "average" in result.output
     assert (tmp_path / "r" / "report.json").is_file()
+    # not a terminal: one line per finished stage, no log lines; the detail is in log.txt
+    lines = result.output.splitlines()
+    finished = [x.split()[0] for x in lines if " done in " in x]
+    assert finished[:2] == ["hello", "probe"] and finished[-1] == "export", result.output
+    assert not [x for x in lines if " INFO " in x or "step " in x], result.output
+    log = (tmp_path / "r" / "log.txt").read_text()
+    assert "train-round1 alpha: step 1/" in log and "eval: start" not in result.output
     stored = json.loads((tmp_path / "r" / "config.json").read_text())
     assert stored["run"]["masked-lr-scale"] == 2.0, stored["run"]
 
@@ -178,3 +254,24 @@ def test_the_console_script_ends_a_user_error_in_one_line(tmp_path: Path) -> Non
         assert done.returncode == 2, done.stderr[-2000:]
         assert len(errors) == 1 and expected in errors[0], done.stderr[-2000:]
         assert "Traceback" not in done.stderr
+
+
+def test_a_virtual_supernode_plays_the_partition_ids_team_of_the_run_config(tmp_path):
+    from medusa_fed.team_config import simulated_team
+    from simulations.simulate import team_run_config
+    from strategies.server_app import coordinator_config
+
+    run = {"teams": "movie,legal=/data/l.csv", "uncontrolled": "legal", "seed": 3}
+    team = simulated_team({"partition-id": 1, "num-partitions": 2}, run)
+    assert (team.name, team.task, team.controlled) == ("legal", "/data/l.csv", False)
+    assert simulated_team({"partition-id": 0}, run).controlled is True
+    with pytest.raises(ConfigError, match="partition-id 2 has no team.*num-supernodes = 2"):
+        simulated_team({"partition-id": 2}, run)
+    with pytest.raises(ConfigError, match="names no teams"):
+        simulated_team({"partition-id": 0}, {"seed": 3})
+    assert coordinator_config(run).seed == 3  # the team keys are not the coordinator's
+    data = tmp_path / "l.csv"
+    keys = team_run_config(parse_teams(f"movie,legal={data}", uncontrolled=["legal"]))
+    assert keys == {"teams": f"movie=movie,legal={data}", "uncontrolled": "legal"}
+    with pytest.raises(ConfigError, match="carries only the name"):
+        team_run_config(parse_teams("movie,tweet", max_train=10))

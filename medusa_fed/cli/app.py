@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
+from collections.abc import Iterator
+from pathlib import Path
 
 import typer
 
@@ -15,15 +18,61 @@ app = typer.Typer(
 )
 
 
+FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+class Options:
+    """What the ``medusa`` callback parsed, for the sub-commands."""
+
+    verbose: bool = False
+
+
 @app.callback()
 def setup_logging(
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
+    verbose: bool = typer.Option(
+        False, "--verbose", "-v", help="Debug logging; `simulate` shows every log line too."
+    ),
 ) -> None:
+    Options.verbose = verbose
     logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
+        level=logging.DEBUG if verbose else logging.INFO, format=FORMAT, datefmt="%H:%M:%S"
     )
+
+
+def own_warnings(record: logging.LogRecord) -> bool:
+    """Warnings a user can act on (a team left out, a loss that diverged, a bad file): the
+    project's own. Other libraries' warnings go to the run's log file only."""
+    from medusa_fed.progress import OWN_LOGGERS
+
+    return record.levelno >= logging.WARNING and record.name.split(".")[0] in OWN_LOGGERS
+
+
+@contextlib.contextmanager
+def log_to_file(path: Path) -> Iterator[None]:
+    """While the block runs, every log record (every library; INFO, DEBUG with -v) goes to
+    ``path``, and the terminal's log handler shows only the project's own warnings (everything
+    with -v). Python warnings (deprecations, library hints) are logged, so they land in the file.
+    The previous logging set-up is restored after."""
+    root = logging.getLogger()
+    file_handler = logging.FileHandler(path, encoding="utf-8")
+    file_handler.setFormatter(logging.Formatter(FORMAT, datefmt="%H:%M:%S"))
+    terminal = [h for h in root.handlers if type(h) is logging.StreamHandler]
+    level = root.level
+    if not Options.verbose:
+        for handler in terminal:
+            handler.addFilter(own_warnings)
+    root.addHandler(file_handler)
+    root.setLevel(min(level or logging.INFO, logging.DEBUG if Options.verbose else logging.INFO))
+    logging.captureWarnings(True)
+    try:
+        yield
+    finally:
+        logging.captureWarnings(False)
+        root.removeHandler(file_handler)
+        file_handler.close()
+        root.setLevel(level)
+        for handler in terminal:
+            handler.removeFilter(own_warnings)
 
 
 @app.command()

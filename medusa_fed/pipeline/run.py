@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from medusa_fed import progress
 from medusa_fed.errors import ConfigError
 from medusa_fed.pipeline.evaluate import evaluate, merge_and_choose
 from medusa_fed.pipeline.export import export
@@ -109,9 +110,31 @@ def bind_config(state: RunState) -> None:
 
 
 def stage(state: RunState, name: str, fn: Callable[[], None]) -> None:
-    """Run one stage, timed and logged."""
+    """Run one stage, timed, logged and reported (progress events: start, then done with its
+    time and the bytes it moved)."""
     started = time.monotonic()
+    before = _bytes_moved(state)
     log.info("%s: start", name)
+    progress.emit("stage", stage=name, state="start", teams=list(state.roster.active))
     fn()
     state.timings[name] = round(time.monotonic() - started, 2)
+    sent, received = (now - then for now, then in zip(_bytes_moved(state), before, strict=True))
     log.info("%s: done in %.1f s", name, state.timings[name])
+    progress.emit(
+        "stage",
+        stage=name,
+        state="done",
+        seconds=state.timings[name],
+        sent=sent,
+        received=received,
+    )
+
+
+def _bytes_moved(state: RunState) -> tuple[int, int]:
+    """Payload bytes sent to and received from the teams so far (every stage, every team)."""
+    sent = received = 0
+    for stages in state.bytes.values():
+        for counts in stages.values():
+            sent += counts["sent"]
+            received += counts["received"]
+    return sent, received

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import torch
 from tqdm.auto import tqdm
 
+from medusa_fed import progress
 from medusa_fed.errors import DataError
 from medusa_fed.training.device import autocast, on_device, resolve_device
 from medusa_fed.training.instruct import (
@@ -108,9 +109,12 @@ def _evaluate(
     preds = [0] * len(split)
     loss_sum, tokens = 0.0, 0
     order = by_length(split)  # batches of similar length: less padding, same predictions
-    for lo in tqdm(
-        range(0, len(split), batch_size), desc=desc, unit="batch", leave=False, disable=None
+    total = -(-len(split) // batch_size)
+    quiet = True if progress.current() is not None else None  # a display renders the batches
+    for i, lo in enumerate(
+        tqdm(range(0, len(split), batch_size), desc=desc, unit="batch", leave=False, disable=quiet)
     ):
+        progress.emit("step", what=desc, step=i + 1, total=total, loss=None)
         rows = order[lo : lo + batch_size]
         batch = encode(tokenizer, split, rows, max_length, causal)
         with autocast(device):

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 import torch
 from tqdm.auto import tqdm
 
+from medusa_fed import progress
 from medusa_fed.errors import ConfigError, DataError
 from medusa_fed.masking import MaskedUpdate
 from medusa_fed.training.config import Method, TrainConfig
@@ -187,7 +188,8 @@ def _train(
         losses: list[float] = []
         tokens = 0  # non-padding input tokens fed (tokens per second = tokens / seconds)
         started = time.perf_counter()
-        bar = tqdm(total=steps, desc=desc, unit="step", leave=False, disable=None)
+        quiet = True if progress.current() is not None else None  # a display renders the steps
+        bar = tqdm(total=steps, desc=desc, unit="step", leave=False, disable=quiet)
         try:
             for step, rows in enumerate(_batches(len(split), cfg, steps)):
                 batch = encode(tokenizer, split, rows, cfg.max_length, causal, prompter)
@@ -205,8 +207,8 @@ def _train(
                 losses.append(float(loss.detach()))
                 bar.update(1)
                 bar.set_postfix(loss=f"{losses[-1]:.4f}")
-                if (step + 1) % max(1, steps // 10) == 0 or step + 1 == steps:
-                    log.info("%s: step %d/%d loss %.4f", desc, step + 1, steps, losses[-1])
+                log.info("%s: step %d/%d loss %.4f", desc, step + 1, steps, losses[-1])
+                progress.emit("step", what=desc, step=step + 1, total=steps, loss=losses[-1])
         finally:
             bar.close()
             if guard is not None:
