@@ -23,6 +23,7 @@ instruction and the answer words are never cut.
 from __future__ import annotations
 
 import copy
+import functools
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -85,9 +86,10 @@ def answer_ids(tokenizer: object, answer: str) -> list[int]:
     return _token_ids(tokenizer, lead + answer) + [_end_id(tokenizer)]
 
 
-def prompt_ids(tokenizer: object, prompter: Prompter, text: str, max_length: int) -> list[int]:
-    """The chat prompt for ``text``, the text cut (in tokens) so that prompt plus the longest
-    answer fit ``max_length``."""
+@functools.lru_cache(maxsize=64)
+def _text_budget(tokenizer: object, prompter: Prompter, max_length: int) -> tuple[int, int]:
+    """(tokens left for the text, tokens of the longest answer): the same for every example of
+    a task, so worked out once per tokenizer, task and max-length."""
     longest = max(len(answer_ids(tokenizer, a)) for a in prompter.answers)
     frame = len(_render(tokenizer, prompter.user_message("")))
     budget = max_length - frame - longest
@@ -96,6 +98,13 @@ def prompt_ids(tokenizer: object, prompter: Prompter, text: str, max_length: int
             f"max-length {max_length}: expected room for the prompt frame ({frame} tokens), "
             f"the longest answer ({longest}) and some text; raise --max-length"
         )
+    return budget, longest
+
+
+def prompt_ids(tokenizer: object, prompter: Prompter, text: str, max_length: int) -> list[int]:
+    """The chat prompt for ``text``, the text cut (in tokens) so that prompt plus the longest
+    answer fit ``max_length``."""
+    budget, longest = _text_budget(tokenizer, prompter, max_length)
     words = _token_ids(tokenizer, text)
     if len(words) > budget:
         text = tokenizer.decode(words[:budget])  # type: ignore[attr-defined]
