@@ -102,7 +102,8 @@ class TeamSite:
     def data(self, settings: Settings) -> TaskData:
         """The team's data, split with the run's seed and capped by the run's and team's limits."""
         # labelled unless the team names no label column (raw text for a causal LM); a causal LM
-        # takes a labelled task as instructions
+        # takes a labelled task as instructions; a .jsonl of chat messages or prompt/completion
+        # rows is an instruction task whatever the columns say (data-format, load_task)
         kind = "classification" if self.team.label_column else "language-modeling"
         caps = [settings.max_train or None, self.team.max_train]
         max_train = min((c for c in caps if c), default=None)
@@ -115,6 +116,7 @@ class TeamSite:
                     kind=kind,  # type: ignore[arg-type]
                     text_columns=self.team.text_columns,
                     label_column=self.team.label_column if kind == "classification" else None,
+                    data_format=self.team.data_format,
                     max_train=max_train,
                     max_validation=max_eval,
                     max_test=max_eval,

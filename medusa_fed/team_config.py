@@ -6,7 +6,12 @@ cannot override ``controlled = false``. Keys (kebab-case, as in ``--node-config`
     team            name shown in reports (default: the task name)
     task            bundled task (movie, tweet, spam, bbc) or a path to .csv/.tsv/.jsonl/.parquet
     text-columns    comma-separated text column(s) of a file (default: text)
-    label-column    label column of a file (default: label)
+    label-column    label column of a file (default: label); "" trains a causal LM on raw text
+    data-format     how a file's rows read (default: auto): table (text-columns, label-column),
+                    messages (JSONL chat turns, the last one the assistant's answer) or
+                    prompt-completion (JSONL prompt / completion strings); auto: a .jsonl file
+                    whose first row lacks the table columns and has a messages, prompt or
+                    completion key is read as that instruction format
     controlled      true: accept the coordinator's mask; false: uncontrolled branch (default: true)
     max-train       optional cap on training examples (the run's max-train applies if lower)
     share-head      send the trained classification head to the coordinator (default: true)
@@ -28,12 +33,14 @@ from typing import Any
 from medusa_fed.errors import ConfigError
 from medusa_fed.run_config import _parse_bool
 from medusa_fed.training.device import check_device
+from medusa_fed.training.dialogues import DATA_FORMATS, DataFormat
 
 _KNOWN = {
     "team",
     "task",
     "text-columns",
     "label-column",
+    "data-format",
     "controlled",
     "max-train",
     "share-head",
@@ -53,6 +60,7 @@ class TeamConfig:
     task: str
     text_columns: tuple[str, ...] = ("text",)
     label_column: str = "label"
+    data_format: DataFormat = "auto"
     controlled: bool = True
     max_train: int | None = None
     share_head: bool = True
@@ -64,6 +72,11 @@ class TeamConfig:
             raise ConfigError(f"team name must be letters, digits, '-' or '_', found {self.name!r}")
         if not self.task:
             raise ConfigError("node config 'task' is required: a bundled task name or a data file")
+        if self.data_format not in DATA_FORMATS:
+            raise ConfigError(
+                f"data-format: expected one of {', '.join(DATA_FORMATS)}, "
+                f"found {self.data_format!r}"
+            )
         if self.max_train is not None and self.max_train < 1:
             raise ConfigError(f"max-train must be >= 1, found {self.max_train}")
 
@@ -90,6 +103,7 @@ class TeamConfig:
             task=task,
             text_columns=tuple(c.strip() for c in str(raw.get("text-columns", "text")).split(",")),
             label_column=str(raw.get("label-column", "label")),
+            data_format=str(raw.get("data-format", "auto")),  # type: ignore[arg-type]
             controlled=_parse_bool("controlled", raw.get("controlled", True)),
             max_train=max_train,
             share_head=_parse_bool("share-head", raw.get("share-head", True)),
@@ -109,6 +123,8 @@ class TeamConfig:
             out["max-train"] = self.max_train
         if self.device != "auto":
             out["device"] = self.device
+        if self.data_format != "auto":
+            out["data-format"] = self.data_format
         return out
 
 

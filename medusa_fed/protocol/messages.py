@@ -183,6 +183,8 @@ class EvalReply:
 METRIC_RANGES: dict[str, tuple[float, float]] = {
     "accuracy": (0.0, 1.0),
     "macro_f1": (0.0, 1.0),
+    "exact_match": (0.0, 1.0),
+    "token_f1": (0.0, 1.0),
     "loss": (0.0, math.inf),
     "train_loss": (0.0, math.inf),
     "final_loss": (0.0, math.inf),

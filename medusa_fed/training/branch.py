@@ -20,6 +20,7 @@ import torch
 from medusa_fed.deltas import SparseDelta, StateDict, state_delta, top_d
 from medusa_fed.errors import DataError
 from medusa_fed.masking import check_masks
+from medusa_fed.training.chat import ChatTask, Framing
 from medusa_fed.training.config import TrainConfig
 from medusa_fed.training.instruct import GENERIC_INSTRUCTION, Prompter
 from medusa_fed.training.loop import train
@@ -52,8 +53,8 @@ class BranchResult:
 def num_labels_of(base: BaseModel, data: TaskData) -> int | None:
     """The head size for ``data`` (None for a causal LM); DataError if task and model disagree.
 
-    A causal LM takes a labelled task as instructions (:func:`prompter_of`) or raw text; a
-    classifier needs labels."""
+    A causal LM takes a labelled task or a team's instruction file as instructions
+    (:func:`prompter_of`) or raw text; a classifier needs labels."""
     if base.is_classifier and data.kind != "classification":
         raise DataError(
             f"task {data.name!r} is {data.kind} but the model family is {base.spec.family}; "
@@ -62,10 +63,14 @@ def num_labels_of(base: BaseModel, data: TaskData) -> int | None:
     return len(data.labels) if base.is_classifier else None
 
 
-def prompter_of(base: BaseModel, data: TaskData) -> Prompter | None:
-    """How a causal LM sees a labelled task (its instruction and label words); None for a
-    classifier or raw text."""
-    if base.is_classifier or data.kind != "classification":
+def prompter_of(base: BaseModel, data: TaskData) -> Framing | None:
+    """How a causal LM sees a task: a labelled task's instruction and label words, or a team's
+    instruction file (its closed answer set, if any); None for a classifier or raw text."""
+    if base.is_classifier:
+        return None
+    if data.kind == "instruction":
+        return ChatTask(data.answers)
+    if data.kind != "classification":
         return None
     return Prompter(data.instruction or GENERIC_INSTRUCTION, data.labels)
 

@@ -2,7 +2,8 @@
 
 ``load_task(spec)`` reads a bundled task (``"movie"``, ``"tweet"``, ``"spam"``, ``"bbc"``, see
 :mod:`medusa_fed.training.tasks`) or a ``.csv`` / ``.tsv`` / ``.jsonl`` / ``.parquet`` file, cleans
-it and splits it:
+it and splits it (a .jsonl file of chat ``messages`` or ``prompt`` / ``completion`` rows is an
+instruction task instead: :mod:`medusa_fed.training.dialogues`, split the same way):
 
 1. read rows; check the columns exist;
 2. texts: whitespace stripped, otherwise raw; several text columns are joined with ``separator``
@@ -25,12 +26,22 @@ from __future__ import annotations
 import logging
 import random
 import unicodedata
-from collections import Counter, defaultdict
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from medusa_fed.errors import ConfigError, DataError
+from medusa_fed.training.dialogues import (
+    DATA_FORMATS,
+    DataFormat,
+    Dialogue,
+    chat_format,
+    closed_answer_set,
+    normalize_answer,
+    read_dialogues,
+)
+from medusa_fed.training.labels import infer_labels, label_ids, unique_rows
 from medusa_fed.training.splits import plain_split, stratified_cap, stratified_split
 from medusa_fed.training.tasks import (
     BUNDLED_TASKS,
@@ -45,7 +56,9 @@ logger = logging.getLogger(__name__)
 # the longest text a row may carry (a 50 MB row is an accident or an attack, not an example)
 MAX_TEXT_CHARS = 100_000
 
-TaskKind = Literal["classification", "language-modeling"]
+# "instruction": a team's own prompt/completion or chat-messages file (a spec never asks for
+# it: the file's format decides, :mod:`medusa_fed.training.dialogues`)
+TaskKind = Literal["classification", "language-modeling", "instruction"]
 _KINDS = ("classification", "language-modeling")
 
 
@@ -76,6 +89,9 @@ class TaskSpec:
         Joins several text columns.
     deduplicate : bool (default: True)
         Drop repeated texts so that no text sits in two splits.
+    data_format : "auto" | "table" | "messages" | "prompt-completion" (default: "auto")
+        How a file's rows read: text and label columns (``table``), or instruction rows of a
+        .jsonl file (:mod:`medusa_fed.training.dialogues`); ``auto`` decides from the first row.
     """
 
     source: str
@@ -92,6 +108,7 @@ class TaskSpec:
     pair: bool = False
     separator: str = "\n"
     deduplicate: bool = True
+    data_format: DataFormat = "auto"
 
     def __post_init__(self) -> None:
         if isinstance(self.text_columns, str):
@@ -133,6 +150,15 @@ class TaskSpec:
                 f"{self.validation_fraction + self.test_fraction:g}: expected below 1, "
                 "so that training keeps some data"
             )
+        if self.data_format not in DATA_FORMATS:
+            formats = ", ".join(DATA_FORMATS)
+            raise ConfigError(f"data-format: expected one of {formats}, found {self.data_format!r}")
+        chat = self.data_format in ("messages", "prompt-completion")
+        if chat and self.source.strip() in BUNDLED_TASKS:
+            raise ConfigError(
+                f"data-format {self.data_format!r} reads a team's .jsonl file, found the bundled "
+                f"task {self.source!r}; set data-format to auto or table"
+            )
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise ConfigError(f"seed: expected an integer, found {self.seed!r}")
         if self.labels is not None:
@@ -149,12 +175,15 @@ class TaskSpec:
 class Split:
     """One split. ``label_ids[i]`` indexes ``TaskData.labels``; empty for language modeling.
 
-    ``text_pairs`` holds the second text of each example when the spec has ``pair=True``.
+    ``text_pairs`` holds the second text of each example when the spec has ``pair=True``. An
+    instruction task's split holds its examples in ``dialogues`` (``texts`` their plain text,
+    ``label_ids`` indexing ``TaskData.answers`` when the answers form a closed set).
     """
 
     texts: tuple[str, ...]
     label_ids: tuple[int, ...]
     text_pairs: tuple[str, ...] = ()
+    dialogues: tuple[Dialogue, ...] = ()
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -173,6 +202,7 @@ class TaskData:
     source: str = ""
     dropped_rows: int = 0
     instruction: str = ""  # the question a causal LM is asked (a bundled task's own, else "")
+    answers: tuple[str, ...] = ()  # an instruction task's closed answer set; () = free-form
 
     def splits(self) -> dict[str, Split]:
         return {"train": self.train, "validation": self.validation, "test": self.test}
@@ -180,6 +210,14 @@ class TaskData:
 
 def load_task(spec: TaskSpec) -> TaskData:
     """Read, clean and split the data ``spec`` points at; DataError when it cannot be used."""
+    path = Path(spec.source).expanduser().resolve()
+    if spec.source.strip() not in BUNDLED_TASKS:
+        table_columns = list(spec.text_columns)
+        if spec.kind == "classification" and spec.label_column:
+            table_columns.append(spec.label_column)
+        fmt = chat_format(path, spec.data_format, table_columns)
+        if fmt == "messages" or fmt == "prompt-completion":
+            return _load_dialogues(spec, path, fmt)
     rows, columns, source, name, known = _read_source(spec)
     where = f"bundled task {name!r}" if source.startswith("bundled:") else source
     needed = list(spec.text_columns)
@@ -198,31 +236,21 @@ def load_task(spec: TaskSpec) -> TaskData:
     labels: tuple[str, ...] = ()
     ids: list[int] = []
     if spec.kind == "classification":
-        labels = spec.labels or known or _infer_labels(raw_labels, where)
-        ids = _label_ids(raw_labels, row_numbers, labels, where)
+        labels = spec.labels or known or infer_labels(raw_labels, where)
+        ids = label_ids(raw_labels, row_numbers, labels, where)
     if spec.deduplicate:
-        keep = _unique(texts, pairs, ids, where)
+        keep = unique_rows(texts, pairs, ids, where)
         dropped += len(texts) - len(keep)
         texts, pairs = [texts[i] for i in keep], [pairs[i] for i in keep]
         ids = [ids[i] for i in keep] if ids else []
-    rng = random.Random(spec.seed)
-    fractions = (spec.validation_fraction, spec.test_fraction)
-    if spec.kind == "classification":
-        parts = stratified_split(ids, labels, fractions, rng, where)
-    else:
-        parts = plain_split(len(texts), fractions, rng, where)
-    caps = (spec.max_train, spec.max_validation, spec.max_test)
-    made = []
-    for part, cap in zip(parts, caps, strict=True):
-        if cap is not None:
-            part = stratified_cap(part, ids, cap) if ids else part[:cap]
-        made.append(
-            Split(
-                texts=tuple(texts[i] for i in part),
-                label_ids=tuple(ids[i] for i in part) if ids else (),
-                text_pairs=tuple(pairs[i] for i in part) if spec.pair else (),
-            )
+    made = [
+        Split(
+            texts=tuple(texts[i] for i in part),
+            label_ids=tuple(ids[i] for i in part) if ids else (),
+            text_pairs=tuple(pairs[i] for i in part) if spec.pair else (),
         )
+        for part in _partition(spec, len(texts), ids, labels, where)
+    ]
     train, validation, test = made
     task = BUNDLED_TASKS.get(spec.source.strip())
     instruction = task.instruction if task is not None else ""
@@ -232,6 +260,65 @@ def load_task(spec: TaskSpec) -> TaskData:
         name, len(data.train), len(data.validation), len(data.test), dropped,
     )  # fmt: skip
     return data
+
+
+def _load_dialogues(
+    spec: TaskSpec, path: Path, fmt: Literal["messages", "prompt-completion"]
+) -> TaskData:
+    """An instruction task from a team's JSONL file: every row checked, repeated prompts
+    dropped (a prompt seen with different answers entirely), then split like any task:
+    stratified by answer when the answers form a closed set (:func:`closed_answer_set`), plainly
+    otherwise. ``text_columns`` and ``label_column`` do not apply."""
+    where = str(path)
+    rows = read_dialogues(path, fmt)
+    keys = [normalize_answer(d.completion) for d in rows]
+    index = {k: i for i, k in enumerate(dict.fromkeys(keys))}
+    ids = [index[k] for k in keys]
+    dropped = 0
+    if spec.deduplicate:
+        keep = unique_rows([d.key() for d in rows], [""] * len(rows), ids, where)
+        dropped = len(rows) - len(keep)
+        rows, ids = [rows[i] for i in keep], [ids[i] for i in keep]
+    if not rows:
+        raise DataError(f"{where}: every prompt had conflicting answers; nothing left to train on")
+    answers, ids = closed_answer_set(rows, (spec.validation_fraction, spec.test_fraction))
+    made = [
+        Split(
+            texts=tuple(rows[i].flat() for i in part),
+            label_ids=tuple(ids[i] for i in part) if answers else (),
+            dialogues=tuple(rows[i] for i in part),
+        )
+        for part in _partition(spec, len(rows), ids, answers, where)
+    ]
+    train, validation, test = made
+    data = TaskData(
+        path.stem, "instruction", (), train, validation, test, where, dropped, "", answers
+    )
+    logger.info(
+        "load_task: %s (%s, %s): train %d, validation %d, test %d (%d rows dropped)",
+        where, fmt, f"{len(answers)} answers" if answers else "free-form answers",
+        len(train), len(validation), len(test), dropped,
+    )  # fmt: skip
+    return data
+
+
+def _partition(
+    spec: TaskSpec, n: int, ids: list[int], labels: tuple[str, ...], where: str
+) -> list[list[int]]:
+    """(train, validation, test) positions of ``n`` examples: stratified by ``ids`` when there
+    are ``labels``, plain otherwise; then each capped by the spec's ``max_*`` (a stratified
+    subsample when there are ids)."""
+    rng = random.Random(spec.seed)
+    fractions = (spec.validation_fraction, spec.test_fraction)
+    if labels:
+        parts = stratified_split(ids, labels, fractions, rng, where)
+    else:
+        parts = plain_split(n, fractions, rng, where)
+    caps = (spec.max_train, spec.max_validation, spec.max_test)
+    return [
+        part if cap is None else stratified_cap(part, ids, cap) if labels else part[:cap]
+        for part, cap in zip(parts, caps, strict=True)
+    ]
 
 
 def describe(data: TaskData) -> dict[str, object]:
@@ -254,6 +341,7 @@ def describe(data: TaskData) -> dict[str, object]:
         "labels": list(data.labels),
         "text_pairs": bool(data.train.text_pairs),
         "dropped_rows": data.dropped_rows,
+        "answer_choices": len(data.answers),  # a count only: the answers are the team's data
         "splits": splits,
     }
 
@@ -321,81 +409,3 @@ def _clean(
             where, no_text, no_label,
         )  # fmt: skip
     return texts, pairs, labels, numbers, no_text + no_label
-
-
-def _label_key(label: str) -> str:
-    """What two labels share when a person would read them as one: compatibility forms folded
-    (fullwidth letters), invisible format characters (zero-width space) dropped, case folded,
-    integers by value (``1`` and ``01``)."""
-    text = "".join(
-        c for c in unicodedata.normalize("NFKC", label) if unicodedata.category(c) != "Cf"
-    )
-    text = text.strip().casefold()
-    return str(int(text)) if text.lstrip("-").isdigit() else text
-
-
-def warn_lookalike_labels(labels: set[str], where: str) -> None:
-    """Warn when distinct labels differ only by case, width, invisible characters or leading
-    zeros: they become separate classes, which is rarely what the data meant."""
-    groups: dict[str, list[str]] = defaultdict(list)
-    for label in sorted(labels):
-        groups[_label_key(label)].append(label)
-    for same in (g for g in groups.values() if len(g) > 1):
-        logger.warning(
-            "load_task: %s: labels %s differ only by case, width, invisible characters or "
-            "leading zeros; they are kept as %d separate classes",
-            where, ", ".join(repr(x) for x in same), len(same),
-        )  # fmt: skip
-
-
-def _infer_labels(raw: list[str], where: str) -> tuple[str, ...]:
-    found = set(raw)
-    warn_lookalike_labels(found, where)
-    if len(found) < 2:
-        raise DataError(
-            f"{where}: expected at least 2 distinct labels for classification, found "
-            f"{sorted(found)!r}; check label_column, or use kind='language-modeling'"
-        )
-    if all(x.lstrip("-").isdigit() for x in found):
-        return tuple(sorted(found, key=int))
-    return tuple(sorted(found))
-
-
-def _label_ids(
-    raw: list[str], numbers: list[int], labels: tuple[str, ...], where: str
-) -> list[int]:
-    index = {lab: i for i, lab in enumerate(labels)}
-    unknown: dict[str, list[int]] = defaultdict(list)
-    for lab, number in zip(raw, numbers, strict=True):
-        if lab not in index:
-            unknown[lab].append(number)
-    if unknown:
-        total = sum(len(v) for v in unknown.values())
-        shown = "; ".join(
-            f"{lab!r} (row{'s' if len(rows) > 1 else ''} "
-            f"{', '.join(map(str, rows[:3]))}{', ...' if len(rows) > 3 else ''})"
-            for lab, rows in list(unknown.items())[:5]
-        )
-        raise DataError(
-            f"{where}: expected labels in {labels!r}, found {total} rows with other labels "
-            f"({len(unknown)} distinct): {shown}; rows are counted from 1 without the header. "
-            "Fix the data or the expected label set; the task is not loaded"
-        )
-    return [index[lab] for lab in raw]
-
-
-def _unique(texts: list[str], pairs: list[str], ids: list[int], where: str) -> list[int]:
-    """Positions to keep: first occurrence of each (text, pair); none of a conflicting one."""
-    first: dict[tuple[str, str], int] = {}
-    conflicting: set[tuple[str, str]] = set()
-    for i, key in enumerate(zip(texts, pairs, strict=True)):
-        j = first.setdefault(key, i)
-        if ids and ids[j] != ids[i]:
-            conflicting.add(key)
-    keep = [i for i in sorted(first.values()) if (texts[i], pairs[i]) not in conflicting]
-    if len(keep) < len(texts):
-        logger.info(
-            "load_task: %s: dropped %d duplicate rows (%d texts had conflicting labels)",
-            where, len(texts) - len(keep), len(conflicting),
-        )  # fmt: skip
-    return keep

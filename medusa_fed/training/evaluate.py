@@ -3,6 +3,11 @@
 A classifier: accuracy and macro-F1 of its head. A causal LM on a labelled task (a ``prompter``):
 rank-classification accuracy and macro-F1 over the answer words, and the exact match of greedy
 generation (:mod:`medusa_fed.training.instruct`). A causal LM on raw text: loss and perplexity.
+A causal LM on a team's instruction file (a :class:`~medusa_fed.training.chat.ChatTask`): exact
+match and SQuAD-style token F1 of greedy generation against the reference completion, the mean
+negative log-likelihood of the reference's tokens (``loss``) and its ``perplexity``; when the
+completions form a closed answer set also rank-classification ``accuracy`` and ``macro_f1`` over
+that set. The report's main column: ``accuracy`` where it exists, ``exact_match`` otherwise.
 """
 
 from __future__ import annotations
@@ -16,11 +21,12 @@ from tqdm.auto import tqdm
 
 from medusa_fed import progress
 from medusa_fed.errors import DataError
+from medusa_fed.training.chat import ChatTask, Framing, chat_example, choice_ids, token_f1
 from medusa_fed.training.device import autocast, on_device, resolve_device
+from medusa_fed.training.dialogues import normalize_answer
 from medusa_fed.training.instruct import (
     Prompter,
     answer_ids,
-    normalize_answer,
     prompt_ids,
     score_and_generate,
 )
@@ -42,7 +48,7 @@ def evaluate(
     max_length: int = 128,
     head_seed: int = 0,
     desc: str = "evaluate",
-    prompter: Prompter | None = None,
+    prompter: Framing | None = None,
     device: str = "auto",
 ) -> dict[str, float]:
     """Metrics of base + ``shared`` (None = base values) + ``head`` on ``split``.
@@ -75,7 +81,7 @@ def evaluate_model(
     batch_size: int = 32,
     max_length: int = 128,
     desc: str = "evaluate",
-    prompter: Prompter | None = None,
+    prompter: Framing | None = None,
     device: str = "auto",
 ) -> dict[str, float]:
     """Like :func:`evaluate` on an already built :class:`TeamModel` (back on CPU afterwards).
@@ -86,6 +92,8 @@ def evaluate_model(
     if len(split) == 0:
         raise DataError(f"{desc}: the split is empty; nothing to evaluate")
     apply_thread_setting()
+    if isinstance(prompter, ChatTask):
+        return _evaluate_dialogues(team, tokenizer, split, prompter, batch_size, max_length, desc)
     if prompter is not None:
         return _evaluate_instructions(
             team, tokenizer, split, prompter, batch_size, max_length, desc
@@ -103,6 +111,7 @@ def _evaluate(
     max_length: int,
     desc: str,
     device: torch.device,
+    task: ChatTask | None = None,
 ) -> dict[str, float]:
     causal = team.num_labels is None
     team.module.eval()
@@ -116,7 +125,7 @@ def _evaluate(
     ):
         progress.emit("step", what=desc, step=i + 1, total=total, loss=None)
         rows = order[lo : lo + batch_size]
-        batch = encode(tokenizer, split, rows, max_length, causal)
+        batch = encode(tokenizer, split, rows, max_length, causal, task)
         with autocast(device):
             out = team.module(**{k: v.to(device) for k, v in batch.items()})
         if causal:
@@ -171,6 +180,50 @@ def _evaluate_instructions(
         "exact_match": exact / len(split),
         "examples": float(len(gold)),
     }
+
+
+def _evaluate_dialogues(
+    team: TeamModel,
+    tokenizer: object,
+    split: Split,
+    task: ChatTask,
+    batch_size: int,
+    max_length: int,
+    desc: str,
+) -> dict[str, float]:
+    """Loss over the reference answers' tokens, then one pass that ranks the closed answer set
+    (if any) and generates greedily, up to as many tokens as the example's fitted answer side
+    (:func:`~medusa_fed.training.chat.fit`); each generation is compared with the whole
+    reference completion."""
+    metrics = _evaluate(
+        team, tokenizer, split, batch_size, max_length, desc, torch.device("cpu"), task
+    )
+    choices = [list(c) for c in choice_ids(tokenizer, task, max_length)]
+    preds = [0] * len(split)
+    exact, f1 = 0, 0.0
+    order = by_length(split)
+    for lo in tqdm(
+        range(0, len(split), batch_size), desc=desc, unit="batch", leave=False, disable=None
+    ):
+        rows = order[lo : lo + batch_size]
+        pairs = [chat_example(tokenizer, split.dialogues[i], max_length, task) for i in rows]
+        limit = max(len(answer) for _, answer in pairs)
+        prompts = [prompt for prompt, _ in pairs]
+        scores, generated = score_and_generate(team.module, tokenizer, prompts, choices, limit)
+        for k, row in enumerate(rows):
+            tokens = generated[k][: len(pairs[k][1])]  # no longer than this example's answer side
+            text = tokenizer.decode(tokens, skip_special_tokens=True)  # type: ignore[attr-defined]
+            reference = split.dialogues[row].completion
+            exact += normalize_answer(text) == normalize_answer(reference)
+            f1 += token_f1(text, reference)
+            if choices:
+                preds[row] = int(scores[k].argmax())
+    n = len(split)
+    out = {"exact_match": exact / n, "token_f1": f1 / n, **metrics, "examples": float(n)}
+    if choices:
+        gold = list(split.label_ids)
+        out |= {"accuracy": accuracy(preds, gold), "macro_f1": macro_f1(preds, gold, len(choices))}
+    return out
 
 
 def by_length(split: Split) -> list[int]:

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -69,15 +68,21 @@ def _end_id(tokenizer: object) -> int:
     return int(end)
 
 
-def _render(tokenizer: object, message: str) -> list[int]:
+def render_messages(tokenizer: object, messages: list[dict[str, str]], plain: str) -> list[int]:
+    """Token ids of a chat prompt: ``messages`` through the model's chat template with the
+    assistant's generation prompt added; a tokenizer without a template gets ``plain``."""
     if getattr(tokenizer, "chat_template", None):
         ids = tokenizer.apply_chat_template(  # type: ignore[attr-defined]
-            [{"role": "user", "content": message}], add_generation_prompt=True, tokenize=True
+            messages, add_generation_prompt=True, tokenize=True
         )
         if hasattr(ids, "keys"):  # transformers may hand back a BatchEncoding
             ids = ids["input_ids"]
         return [int(i) for i in ids]
-    return _token_ids(tokenizer, f"{message}\nAnswer:")
+    return _token_ids(tokenizer, plain)
+
+
+def _render(tokenizer: object, message: str) -> list[int]:
+    return render_messages(tokenizer, [{"role": "user", "content": message}], f"{message}\nAnswer:")
 
 
 def answer_ids(tokenizer: object, answer: str) -> list[int]:
@@ -120,14 +125,25 @@ def encode_instruction(
     max_length: int,
 ) -> dict[str, torch.Tensor]:
     """A right-padded training batch: prompt tokens carry label -100, answer tokens their ids."""
+    examples = [
+        (
+            prompt_ids(tokenizer, prompter, text, max_length),
+            answer_ids(tokenizer, prompter.answers[label]),
+        )
+        for text, label in zip(texts, label_ids, strict=True)
+    ]
+    return pad_examples(tokenizer, examples)
+
+
+def pad_examples(
+    tokenizer: object, examples: Sequence[tuple[list[int], list[int]]]
+) -> dict[str, torch.Tensor]:
+    """(prompt ids, answer ids) pairs as one right-padded batch whose labels are -100 on the
+    prompt and on padding, the answer's ids on the answer (the loss falls on the answer only)."""
     pad = getattr(tokenizer, "pad_token_id", None)
     pad = _end_id(tokenizer) if pad is None else int(pad)
-    rows, targets = [], []
-    for text, label in zip(texts, label_ids, strict=True):
-        prompt = prompt_ids(tokenizer, prompter, text, max_length)
-        answer = answer_ids(tokenizer, prompter.answers[label])
-        rows.append(prompt + answer)
-        targets.append([-100] * len(prompt) + answer)
+    rows = [prompt + answer for prompt, answer in examples]
+    targets = [[-100] * len(prompt) + answer for prompt, answer in examples]
     width = max(len(r) for r in rows)
     ids = torch.full((len(rows), width), pad, dtype=torch.long)
     labels = torch.full((len(rows), width), -100, dtype=torch.long)
@@ -212,9 +228,3 @@ def score_and_generate(
         last_pos = last_pos + 1
         token = logits[:, -1].argmax(-1)
     return scores, generated
-
-
-def normalize_answer(text: str) -> str:
-    """The form answers are compared in: Unicode NFC, surrounding space and punctuation
-    stripped, case-folded."""
-    return unicodedata.normalize("NFC", text).strip().strip(".!?,;:\"'").strip().casefold()

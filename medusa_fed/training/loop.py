@@ -2,7 +2,8 @@
 
 Data path: texts -> tokenizer (dynamic padding per batch, truncated to ``max_length``) -> model
 -> loss (cross-entropy on labels; for a causal LM next-token loss on the answer tokens of a
-labelled task rendered as instructions, see :mod:`medusa_fed.training.instruct`, or on every
+labelled task or a team's instruction file rendered as instructions, see
+:mod:`medusa_fed.training.instruct` and :mod:`medusa_fed.training.chat`, or on every
 non-padding token of raw text) ->
 backward (masked gradients) -> clip -> optimizer step (then the mask restores non-owned
 elements) -> linear learning-rate schedule.
@@ -26,9 +27,10 @@ from tqdm.auto import tqdm
 from medusa_fed import progress
 from medusa_fed.errors import ConfigError, DataError
 from medusa_fed.masking import MaskedUpdate
+from medusa_fed.training.chat import ChatTask, Framing, encode_dialogues
 from medusa_fed.training.config import Method, TrainConfig
 from medusa_fed.training.device import autocast, on_device, resolve_device
-from medusa_fed.training.instruct import Prompter, encode_instruction
+from medusa_fed.training.instruct import encode_instruction
 from medusa_fed.training.models import TeamModel
 
 if TYPE_CHECKING:
@@ -53,10 +55,14 @@ def encode(
     rows: list[int],
     max_length: int,
     causal: bool,
-    prompter: Prompter | None = None,
+    prompter: Framing | None = None,
 ) -> dict[str, torch.Tensor]:
     """Tokenize ``split``'s ``rows`` into one padded batch (labels included); with a
-    ``prompter`` (a causal LM on a labelled task) as chat prompts with answers."""
+    ``prompter`` (a causal LM on a labelled task, or on a team's instruction file) as chat
+    prompts with answers, the loss on the answers only."""
+    if isinstance(prompter, ChatTask):
+        dialogues = [split.dialogues[i] for i in rows]
+        return encode_dialogues(tokenizer, dialogues, max_length, prompter)
     texts = [split.texts[i] for i in rows]
     if prompter is not None:
         labels = [split.label_ids[i] for i in rows]
@@ -132,14 +138,15 @@ def train(
     masks: Mapping[str, torch.Tensor] | None = None,
     head_only: bool = False,
     desc: str = "train",
-    prompter: Prompter | None = None,
+    prompter: Framing | None = None,
 ) -> dict[str, float]:
     """Train ``team`` in place on ``split``; returns loss and timing metrics.
 
     ``masks`` (shared-space name -> bool, True = owned) restricts the shared space bit-exactly;
     ``head_only`` freezes the whole shared space; a ``prompter`` trains a causal LM on a labelled
-    task as instructions (loss on the answer tokens). Runs are reproducible for a given
-    ``cfg.seed``. Runs on ``cfg.device`` (the model is back on CPU when it returns).
+    task or a team's instruction file as instructions (loss on the answer tokens). Runs are
+    reproducible for a given ``cfg.seed``. Runs on ``cfg.device`` (the model is back on CPU
+    when it returns).
     """
     apply_thread_setting()
     device = resolve_device(cfg.device)
@@ -156,7 +163,7 @@ def _train(
     masks: Mapping[str, torch.Tensor] | None,
     head_only: bool,
     desc: str,
-    prompter: Prompter | None,
+    prompter: Framing | None,
     device: torch.device,
 ) -> dict[str, float]:
     for p in team.shared.values():

@@ -12,12 +12,12 @@ from medusa_fed.errors import ConfigError
 from medusa_fed.training.branch import finetune, prompter_of
 from medusa_fed.training.config import ModelSpec, TrainConfig
 from medusa_fed.training.data import Split, TaskData
+from medusa_fed.training.dialogues import normalize_answer
 from medusa_fed.training.evaluate import evaluate
 from medusa_fed.training.instruct import (
     Prompter,
     answer_ids,
     encode_instruction,
-    normalize_answer,
     prompt_ids,
     score_and_generate,
 )
