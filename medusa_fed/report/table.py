@@ -1,9 +1,10 @@
 """The per-team results table: the same cells for the terminal (fixed width) and Markdown.
 
-Columns: team, task, controlled?, owned share, then one metric (accuracy by default, in percent
-with one decimal) before fine-tuning, fine-tuned alone, and merged by each method. A left-out
-team's name gets a ``*`` and its reason goes in a note under the table. The ``average`` row is the
-mean over the teams whose status is ``ok`` and that have a value in that column (``-`` if none).
+Columns: team, task, controlled?, owned share, then one metric (in percent with one decimal)
+before fine-tuning, fine-tuned alone, and merged by each method: accuracy by default, and in the
+terminal a second table of exact_match when a team has free-form answers. A left-out team's
+name gets a ``*`` and its reason goes in a note under the table. The ``average`` row is the mean
+over the teams whose status is ``ok`` and that have a value in that column (``-`` if none).
 """
 
 from __future__ import annotations
@@ -108,7 +109,20 @@ def _fixed_width(
     return "\n".join(out)
 
 
-def render_table(report: Mapping[str, Any], metric: str = "accuracy", width: int = WIDTH) -> str:
+def headline_metrics(report: Report) -> list[str]:
+    """The main column(s) of the terminal report: ``accuracy``, and ``exact_match`` too when a
+    team reports it without accuracy (a team's instruction file with free-form answers, for
+    which exact match of the generated answer is the main score)."""
+    phases = ("before", "alone", *report["methods"])
+    free_form = any(
+        "exact_match" in metrics and "accuracy" not in metrics
+        for team in report["teams"]
+        for metrics in (phase_metrics(team, p) or {} for p in phases)
+    )
+    return ["accuracy", "exact_match"] if free_form else ["accuracy"]
+
+
+def render_table(report: Mapping[str, Any], metric: str | None = None, width: int = WIDTH) -> str:
     """The terminal table: one row per team plus an ``average`` row (plain fixed-width text).
 
     Method columns that do not fit in ``width`` characters go to further blocks, each repeating
@@ -118,12 +132,18 @@ def render_table(report: Mapping[str, Any], metric: str = "accuracy", width: int
     ----------
     report : Mapping[str, Any]
         A report dict; validated first (:func:`validate_report`).
-    metric : str (default: "accuracy")
-        The metric shown, in percent.
+    metric : str | None (default: None)
+        The metric shown, in percent; None: one table per :func:`headline_metrics`.
     width : int (default: 100)
         Target line width.
     """
-    table = team_table(validate_report(report), metric)
+    checked = validate_report(report)
+    names = [metric] if metric else headline_metrics(checked)
+    return "\n\n".join(_render_one(checked, name, width) for name in names)
+
+
+def _render_one(report: Report, metric: str, width: int) -> str:
+    table = team_table(report, metric)
     fixed = 6  # team, task, ctrl, owned, before, alone
     col_w = [max(len(h), *(len(r[i]) for r in table.rows)) + 2 for i, h in enumerate(table.headers)]
     blocks: list[list[int]] = [list(range(fixed))]
