@@ -76,9 +76,11 @@ def chat_format(path: Path, wanted: DataFormat, table_columns: Sequence[str]) ->
         return wanted
     if path.suffix.lower() != ".jsonl" or not path.is_file():
         return "table"
-    for line in _lines(path):
+    with open(path, "rb") as f:  # the first non-blank line only; the readers check the encoding
+        line = next((x for x in f if x.strip()), b"")
+    if line:
         try:
-            first = json.loads(line)
+            first = json.loads(line.decode("utf-8-sig", errors="replace"))
         except json.JSONDecodeError:
             return "table"  # the table reader names the line and the JSON error
         if not isinstance(first, dict) or all(c in first for c in table_columns):
@@ -87,7 +89,6 @@ def chat_format(path: Path, wanted: DataFormat, table_columns: Sequence[str]) ->
             return "messages"
         if "prompt" in first or "completion" in first:
             return "prompt-completion"
-        return "table"
     return "table"
 
 
@@ -103,7 +104,7 @@ def read_dialogues(path: Path, fmt: Literal["messages", "prompt-completion"]) ->
         found = "a folder" if path.is_dir() else "nothing"
         raise DataError(f"data file not found: tried {path}, found {found} there")
     rows: list[Dialogue] = []
-    for number, line in enumerate(_lines(path, with_blank=True), start=1):
+    for number, line in enumerate(_lines(path), start=1):
         if not line.strip():
             continue
         where = f"data file {path}: line {number}"
@@ -127,7 +128,7 @@ def read_dialogues(path: Path, fmt: Literal["messages", "prompt-completion"]) ->
     return rows
 
 
-def _lines(path: Path, with_blank: bool = False) -> list[str]:
+def _lines(path: Path) -> list[str]:
     try:
         text = path.read_bytes().decode("utf-8-sig")
     except UnicodeDecodeError as err:
@@ -135,8 +136,7 @@ def _lines(path: Path, with_blank: bool = False) -> list[str]:
             f"data file {path}: expected UTF-8 JSON lines, found a byte that is not UTF-8 at "
             f"offset {err.start}; save the file as UTF-8"
         ) from err
-    lines = text.split("\n")
-    return lines if with_blank else [x for x in lines if x.strip()]
+    return text.split("\n")
 
 
 def _kind(value: object) -> str:

@@ -194,24 +194,28 @@ def _evaluate_dialogues(
     """Loss over the reference answers' tokens, then one pass that ranks the closed answer set
     (if any) and generates greedily, up to as many tokens as the example's fitted answer side
     (:func:`~medusa_fed.training.chat.fit`); each generation is compared with the whole
-    reference completion."""
+    reference completion.
+
+    Generation batches hold examples of similar answer length; a batch generates up to its
+    longest answer, so a prompt is cut further from the left where prompt plus that length would
+    pass ``max_length`` (no position beyond ``max_length`` is ever fed)."""
     metrics = _evaluate(
         team, tokenizer, split, batch_size, max_length, desc, torch.device("cpu"), task
     )
     choices = [list(c) for c in choice_ids(tokenizer, task, max_length)]
+    pairs = [chat_example(tokenizer, d, max_length, task) for d in split.dialogues]
+    order = sorted(range(len(split)), key=lambda i: (len(pairs[i][1]), len(pairs[i][0])))
     preds = [0] * len(split)
     exact, f1 = 0, 0.0
-    order = by_length(split)
     for lo in tqdm(
         range(0, len(split), batch_size), desc=desc, unit="batch", leave=False, disable=None
     ):
         rows = order[lo : lo + batch_size]
-        pairs = [chat_example(tokenizer, split.dialogues[i], max_length, task) for i in rows]
-        limit = max(len(answer) for _, answer in pairs)
-        prompts = [prompt for prompt, _ in pairs]
+        limit = max(len(pairs[i][1]) for i in rows)
+        prompts = [pairs[i][0][max(0, len(pairs[i][0]) + limit - max_length) :] for i in rows]
         scores, generated = score_and_generate(team.module, tokenizer, prompts, choices, limit)
         for k, row in enumerate(rows):
-            tokens = generated[k][: len(pairs[k][1])]  # no longer than this example's answer side
+            tokens = generated[k][: len(pairs[row][1])]  # no longer than this example's answer
             text = tokenizer.decode(tokens, skip_special_tokens=True)  # type: ignore[attr-defined]
             reference = split.dialogues[row].completion
             exact += normalize_answer(text) == normalize_answer(reference)

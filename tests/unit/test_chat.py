@@ -157,3 +157,21 @@ def test_training_on_dialogues_learns_the_completions(llama: BaseModel, closed: 
     assert after["tokens"] == sum(len(a) for a in answers)  # the loss is on the answers only
     if closed:
         assert after["accuracy"] == 1.0
+
+
+def test_scoring_never_feeds_a_position_past_max_length(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # Prepare: GPT-2 has learned positions (64 here): a long prompt with a short answer shares a
+    # batch with a short prompt and a long answer
+    folder = write_tiny_model(tmp_path / "gpt2", "gpt2")
+    gpt2 = load_base(ModelSpec(source=str(folder), family="causal-lm", method="full"))
+    rows = [
+        Dialogue((("user", " ".join(["movie"] * 80)),), "good"),
+        Dialogue((("user", "plot"),), " ".join(["story"] * 40)),
+    ]
+    data = _task((), rows)
+    # Execute
+    metrics = evaluate(
+        gpt2, None, None, data.test, batch_size=2, max_length=64, prompter=ChatTask()
+    )
+    # Assert
+    assert metrics["examples"] == 2.0 and 0.0 <= metrics["token_f1"] <= 1.0

@@ -241,3 +241,14 @@ def test_node_config_data_format() -> None:
     assert "data-format" not in TeamConfig(name="m", task="movie").to_node_config()
     with pytest.raises(ConfigError, match="data-format: expected one of auto, table, messages"):
         TeamConfig.from_node_config({"task": "/d/chat.jsonl", "data-format": "chatml"})
+
+
+def test_auto_detection_leaves_a_latin1_table_jsonl_to_the_table_reader(tmp_path: Path) -> None:
+    # Prepare: a labelled JSONL table, not UTF-8 (the table reader reads it as latin-1)
+    rows = "".join(f'{{"text": "caf\xe9 {i}", "label": "{LABELS[i]}"}}\n' for i in range(40))
+    path = tmp_path / "t.jsonl"
+    path.write_bytes(rows.encode("latin-1"))
+    # Execute
+    data = load_task(TaskSpec(str(path)))
+    # Assert
+    assert data.kind == "classification" and data.labels == ("no", "yes")
