@@ -81,3 +81,23 @@ def test_masked_lora_steps_score_and_export_a_generating_adapter(
     assert scores["examples"] == len(data.test)
     assert out.shape[1] > ids.shape[1]
     assert smollm.tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True).strip()
+
+
+def test_a_messages_row_renders_as_the_models_own_chat_template(smollm: BaseModel) -> None:
+    # Prepare
+    from medusa_fed.training.chat import ChatTask, chat_example
+    from medusa_fed.training.dialogues import Dialogue
+
+    tok = smollm.tokenizer
+    row = Dialogue((("system", "Answer in one word."), ("user", "Is the sky blue?")), "Yes")
+    # Execute
+    prompt, answer = chat_example(tok, row, 128, ChatTask())
+    whole = tok.apply_chat_template(
+        [*row.messages(), {"role": "assistant", "content": row.completion}], tokenize=True
+    )
+    whole = list(whole["input_ids"] if hasattr(whole, "keys") else whole)
+    # Assert: prompt + answer is the template's own rendering of the dialogue, up to its final
+    # newline; the answer ends with the end-of-turn token
+    assert whole[: len(prompt) + len(answer)] == prompt + answer
+    assert tok.decode(whole[len(prompt) + len(answer) :]) == "\n"
+    assert tok.decode(answer) == "Yes<|im_end|>"
