@@ -81,7 +81,7 @@ def markdown(cells: Sequence[Cell], cfg: BenchConfig, wall_s: float) -> str:
                     ",".join(
                         str(v) if k == "merge" else f"{k}={v:g}"
                         for k, v in c.params.items()
-                        if k in ("merge", "scale", "density", "drop_rate")
+                        if k in ("merge", "scale", "density", "drop_rate", "common_fraction")
                     )
                 )
         for method, col in methods.items():

@@ -46,6 +46,7 @@ QUICK_GRID: tuple[str, ...] = (
     "dare_ties:drop_rate=0.9:scale=0.5|1",
     "tsv_m:scale=0.5|1|1.5",
     "iso_c:scale=0.5|1|1.5",
+    "iso_cts:common_fraction=0.8:scale=0.5|1|1.5",
 )
 FULL_GRID: tuple[str, ...] = (
     "linear",
@@ -56,6 +57,7 @@ FULL_GRID: tuple[str, ...] = (
     "dare_ties:drop_rate=0.5|0.9:scale=0.5|1",
     "tsv_m:scale=0.5|1|1.5|2",
     "iso_c:scale=0.5|1|1.5|2",
+    "iso_cts:common_fraction=0.5|0.8:scale=0.5|1|1.5|2",
 )
 
 

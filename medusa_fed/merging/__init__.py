@@ -26,6 +26,7 @@ from medusa_fed.merging.sparsify import (
 )
 from medusa_fed.merging.spec import (
     METHODS,
+    TUNABLE,
     MergeChoice,
     MergeSpec,
     MethodInfo,
@@ -35,6 +36,7 @@ from medusa_fed.merging.spec import (
 
 __all__ = [
     "METHODS",
+    "TUNABLE",
     "MergeChoice",
     "MergeSpec",
     "MethodInfo",

@@ -125,8 +125,10 @@ def merge_tensor_with_report(
         )
     if spec.method == "medusa":
         acc, report = medusa_delta(name, pairs, base, spec.scale, frozenset(uncontrolled))
-    elif spec.info.combine in ("tsv", "iso"):
-        acc, report = spectral_delta(name, pairs, base, spec.method, spec.scale)
+    elif spec.info.combine in ("tsv", "iso", "iso_cts"):
+        acc, report = spectral_delta(
+            name, pairs, base, spec.method, spec.scale, spec.common_fraction
+        )
     else:
         acc, report = baseline_delta(name, pairs, base, spec, n)
     del pairs
