@@ -124,6 +124,7 @@ class BenchConfig:
             "max-length": self.max_length,
             "eval-before": self.floor,
             "refit-lr": self.refit_lr,
+            "score-validation": True,  # variants and anchors are compared on validation
             "seed": seed,
             "store": "off",
             "out-dir": str(out),

@@ -29,6 +29,7 @@ from medusa_fed.history.db import ObjectRow
 from medusa_fed.history.objects import add_merge
 from medusa_fed.history.values import base_model, delta_of, head_of, labels_of, values_of
 from medusa_fed.merging import (
+    OWNERSHIP_METHODS,
     TUNABLE,
     MergeChoice,
     MergeSpec,
@@ -206,7 +207,7 @@ def merge_branches(
     uncontrolled = [
         k
         for k, r in keys.items()
-        if r.meta["training"] == "uncontrolled" and spec.method == "medusa"
+        if r.meta["training"] == "uncontrolled" and spec.method in OWNERSHIP_METHODS
     ]
     base_values = values_of(store, start, model)
     deltas = {k: delta_of(store, r) for k, r in keys.items()}

@@ -26,6 +26,7 @@ from medusa_fed.merging.sparsify import (
 )
 from medusa_fed.merging.spec import (
     METHODS,
+    OWNERSHIP_METHODS,
     TUNABLE,
     MergeChoice,
     MergeSpec,
@@ -36,6 +37,7 @@ from medusa_fed.merging.spec import (
 
 __all__ = [
     "METHODS",
+    "OWNERSHIP_METHODS",
     "TUNABLE",
     "MergeChoice",
     "MergeSpec",

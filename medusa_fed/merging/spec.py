@@ -23,6 +23,9 @@ iso_c                    none             summed deltas, flat       scale
                                           spectrum (spectral)
 iso_cts                  none             common + task-specific    common_fraction, scale
                                           subspaces, flat spectrum
+medusa_tsv               none             owned deltas: TSV-M on    scale
+                                          matrices, medusa on the
+                                          rest
 =======================  ===============  ========================  =========================
 """
 
@@ -49,9 +52,10 @@ MethodName = Literal[
     "tsv_m",
     "iso_c",
     "iso_cts",
+    "medusa_tsv",
 ]
 Sparsify = Literal["none", "magnitude", "dare"]
-Combine = Literal["medusa", "mean", "sum", "ties", "tsv", "iso", "iso_cts"]
+Combine = Literal["medusa", "medusa_tsv", "mean", "sum", "ties", "tsv", "iso", "iso_cts"]
 
 
 @dataclass(frozen=True)
@@ -138,8 +142,20 @@ METHODS: dict[str, MethodInfo] = {
             "iso_cts",
             ("common_fraction", "scale"),
         ),
+        MethodInfo(
+            "medusa_tsv",
+            "Medusa's owned deltas merged TSV-style: TSV-M (each branch's top singular vectors, "
+            "orthogonalized) on every weight matrix, Algorithm 3 on the other tensors, times scale",
+            "none",
+            "medusa_tsv",
+            ("scale",),
+        ),
     )
 }
+
+# the methods that merge a Medusa run's masked (owned) branches: a run whose merge is one of these
+# probes, assigns owners and trains masked; any other merge is a post-hoc baseline run
+OWNERSHIP_METHODS = ("medusa", "medusa_tsv")
 
 # the settings a merge text may carry (``key=value``), in MergeSpec field order
 TUNABLE = ("scale", "density", "drop_rate", "seed", "common_fraction")

@@ -184,6 +184,7 @@ def test_spec_validation():
     assert set(METHODS) == {
         "medusa", "linear", "task_arithmetic", "ties",
         "dare_linear", "dare_task_arithmetic", "dare_ties", "tsv_m", "iso_c", "iso_cts",
+        "medusa_tsv",
     }  # fmt: skip
 
 

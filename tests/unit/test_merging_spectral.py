@@ -10,6 +10,7 @@ import torch
 from medusa_fed.errors import ConfigError
 from medusa_fed.merging import MergeChoice, MergeSpec, merge_states
 from medusa_fed.merging.spectral import iso_cts_delta, iso_delta, tsv_delta
+from medusa_fed.run_config import RunConfig
 
 
 def _pairs(*deltas: torch.Tensor) -> list[tuple[str, torch.Tensor]]:
@@ -87,6 +88,31 @@ def test_iso_cts_matches_an_independent_reference(teams, fraction, shape):
     pairs = _pairs(*(torch.from_numpy(d).float() for d in deltas))
     merged = iso_cts_delta("w", pairs, pairs[0][1], fraction)
     assert np.allclose(merged.numpy(), _reference_iso_cts(deltas, fraction), atol=1e-4)
+
+
+def test_medusa_tsv_sums_owned_vectors_and_merges_owned_matrices_as_tsv_m():
+    # Prepare: two teams own disjoint elements of a bias and of a weight matrix
+    base = {"bias": torch.zeros(4), "w": torch.zeros(2, 2)}
+    diag = torch.diag
+    deltas = {
+        "a": {"bias": torch.tensor([1.0, 0.0, 2.0, 0.0]), "w": diag(torch.tensor([3.0, 0.0]))},
+        "b": {"bias": torch.tensor([0.0, 5.0, 0.0, 1.0]), "w": diag(torch.tensor([0.0, 2.0]))},
+    }
+    # Execute
+    merged = merge_states(base, deltas, MergeSpec("medusa_tsv", scale=2.0))
+    # Assert: the bias is Algorithm 3's disjoint sum (tsv_m would take the mean), times 2
+    assert torch.equal(merged["bias"], torch.tensor([2.0, 10.0, 4.0, 2.0]))
+    # the matrix is TSV-M of the owned deltas (here already orthogonal: their sum), times 2
+    assert torch.allclose(merged["w"], torch.diag(torch.tensor([6.0, 4.0])), atol=1e-6)
+    expected = 2 * tsv_delta("w", _pairs(deltas["a"]["w"], deltas["b"]["w"]), base["w"])
+    assert torch.allclose(merged["w"], expected, atol=1e-6)
+
+
+def test_medusa_tsv_runs_with_ownership_and_refuses_to_be_a_federated_anchor():
+    cfg = RunConfig.from_mapping({"merge": "medusa_tsv:scale=1|1.5", "compare": "tsv_m"})
+    assert cfg.uses_ownership and cfg.train_rounds == 2
+    with pytest.raises(ConfigError, match="merge a Medusa run's owned branches"):
+        RunConfig.from_mapping({"federated": "medusa_tsv"})
 
 
 def _reference_tsv(deltas: list[np.ndarray]) -> np.ndarray:
