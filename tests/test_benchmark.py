@@ -171,7 +171,8 @@ def test_bench_modes_settings_and_variants():
     standard = bench_config("standard", "full", "", "")
     assert standard.settings == quick.settings and standard.seeds == (0, 1, 2)
     assert standard.max_train * standard.epochs >= 4 * quick.max_train * quick.epochs
-    assert standard.max_eval > quick.max_eval and standard.grid == quick.grid
+    assert standard.max_eval > quick.max_eval and "tsv_m:scale=0.5|1|1.5|2" in standard.grid
+    assert len(standard.grid) == len(quick.grid)  # the same methods, wider lambda grids
     chosen = bench_config("quick", "full", "3,4", "paper,rounds4")
     assert chosen.seeds == (3, 4) and [v.name for v in chosen.variants] == ["paper", "rounds4"]
     with pytest.raises(typer.BadParameter, match="expected quick, standard, full, found 'fast'"):

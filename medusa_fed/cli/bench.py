@@ -40,7 +40,7 @@ def bench_config(  # type: ignore[no-untyped-def]
     model: str = "all-MiniLM-L6-v2",
 ):
     """The BenchConfig of a mode (``quick``, ``standard`` or ``full``), with optional overrides."""
-    from simulations.benchmark import FULL_GRID, BenchConfig
+    from simulations.benchmark import FULL_GRID, STANDARD_GRID, BenchConfig
     from simulations.variants import VARIANTS, default_variants
 
     if mode not in MODES:
@@ -67,10 +67,12 @@ def bench_config(  # type: ignore[no-untyped-def]
     if mode == "standard":
         # each team alone has converged at this budget (doubling it moves validation accuracy
         # by less than a point: --check-convergence, docs/benchmarks.md); 3 and 4 teams, the
-        # quick grid, 3 seeds; about 45 min per seed on 2 idle cores (estimate in the docs)
+        # quick grid with lambda up to 2 for the spectral merges, 3 seeds; about 45 min per seed
+        # on 2 idle cores (estimate in the docs)
         cfg.seeds = (0, 1, 2)
         cfg.max_train, cfg.max_eval = STANDARD_TRAIN, STANDARD_EVAL
         cfg.epochs = STANDARD_EPOCHS
+        cfg.grid = STANDARD_GRID
     if seeds:
         cfg.seeds = tuple(int(s) for s in seeds.split(","))
     if variants:

@@ -23,6 +23,9 @@ multiplied by ``scale`` (FusionBench's ``alpha``), chosen on validation like eve
   replaced by their polar factor, and every direction gets the mean of the ``r`` kept singular
   values: ``delta = mean(S_kept) * U_o V_o``. When ``T t`` would exceed ``r`` (tiny matrices,
   ``common_fraction`` near 0), ``t`` is lowered by one.
+- ``medusa_tsv`` (ours, a Medusa variant; :mod:`medusa_fed.merging.merge` dispatches it): a Medusa
+  run's owned (masked) deltas with TSV-M on every weight matrix as above, and Algorithm 3's
+  disjoint sum on every other tensor (their mean would divide each owner's update by T).
 
 Inputs are ``(branch, fp32 delta)`` pairs sorted by branch name, as everywhere in ``merging``;
 FusionBench takes the models in its pool's order, so a reordering changes which block a branch
