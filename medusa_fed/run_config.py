@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal, get_args
 
 from medusa_fed.errors import ConfigError
-from medusa_fed.merging.spec import MergeChoice
+from medusa_fed.merging.spec import OWNERSHIP_METHODS, MergeChoice
 from medusa_fed.ownership.assign import OwnershipUnit, Policy, Unselected
 from medusa_fed.training.config import Family, Method, family_of
 
@@ -75,6 +75,9 @@ class RunConfig:
     max_train: int = 1000  # examples per team (a team's node config may lower it)
     max_eval: int = 500
     eval_before: bool = True  # also measure the floor: base encoder + a head trained alone
+    # also score a merge given without a grid on the teams' validation splits (a grid is always
+    # scored there): the benchmark compares variants and anchors on validation, never on test
+    score_validation: bool = False
     min_teams: int = 2  # fewer usable teams than this stops the run with an error
     # false: a team that declares itself uncontrolled (refuses masks, may write every element) is
     # left out at HELLO
@@ -167,17 +170,18 @@ class RunConfig:
             )
         self.team_node_table  # noqa: B018 - parsed once here so a bad table fails at start
         grids = [c.label for c in self.federated if len(c.candidates()) > 1]
-        if any(c.method == "medusa" for c in self.federated):
+        owned = [c.label for c in self.federated if c.method in OWNERSHIP_METHODS]
+        if owned:
             raise ConfigError(
                 "federated: expected post-hoc merge methods (linear = FedAvg, ties, ...), found "
-                "medusa, which is the run's own merge"
+                f"{owned}, which merge a Medusa run's owned branches"
             )
         if grids:
             raise ConfigError(
                 f"federated {grids}: expected one value per setting; a grid would train every "
                 "candidate's rounds (choose the settings on a separate run)"
             )
-        if self.merge.method != "medusa" and (self.compare or self.federated):
+        if not self.uses_ownership and (self.compare or self.federated):
             raise ConfigError(
                 f"merge = {self.merge.label!r} already runs without ownership; 'compare' and "
                 "'federated' are only "
@@ -236,7 +240,7 @@ class RunConfig:
     @property
     def uses_ownership(self) -> bool:
         """Medusa mode (probe, assign, masked training) versus a pure post-hoc baseline run."""
-        return self.merge.method == "medusa"
+        return self.merge.method in OWNERSHIP_METHODS
 
     @property
     def needs_free_branches(self) -> bool:

@@ -33,7 +33,7 @@ def _fmt(values: Sequence[float]) -> str:
 
 
 def summarize(cells: Sequence[Cell]) -> dict[str, dict[str, dict[str, list[float]]]]:
-    """setting -> method -> column (task names, avg, norm, seconds) -> values over seeds."""
+    """setting -> method -> column (task names, avg, norm, val, seconds) -> values over seeds."""
     alone = {(c.setting, c.seed): c.test for c in cells if c.method == "alone"}
     out: dict[str, dict[str, dict[str, list[float]]]] = defaultdict(
         lambda: defaultdict(lambda: defaultdict(list))
@@ -46,6 +46,7 @@ def summarize(cells: Sequence[Cell]) -> dict[str, dict[str, dict[str, list[float
         ref = alone.get((c.setting, c.seed), {})
         if ref:
             col["norm"].append(statistics.fmean(c.test[t] / ref[t] for t in c.test if ref.get(t)))
+        col["val"].append(c.validation)  # NaN where not scored (alone, floor)
         col["seconds"].append(c.seconds)
     return out
 
@@ -60,7 +61,9 @@ def markdown(cells: Sequence[Cell], cfg: BenchConfig, wall_s: float) -> str:
         f"{cfg.max_eval} validation / {cfg.max_eval} test examples per task, "
         f"{cfg.epochs:g} epochs, lr {cfg.lr:g}, batch {cfg.batch_size}, max length "
         f"{cfg.max_length}, probe {cfg.probe_epochs:g} epoch; seeds {seeds}. Test accuracy "
-        "(%), mean ± std over seeds; `norm` = merged / alone accuracy averaged over teams. "
+        "(%), mean ± std over seeds; `norm` = merged / alone accuracy averaged over teams; "
+        "`val` = mean validation accuracy of the merge as chosen (heads as trained, no re-fit: "
+        "the figure to choose by, never the test columns). "
         "Every row is a run of the coordinator's pipeline; a compared merge's settings are "
         "chosen on validation (grid below) and every merge gets the head re-fit of the run. "
         f"Wall time {wall_s / 60:.1f} min.",
@@ -71,8 +74,8 @@ def markdown(cells: Sequence[Cell], cfg: BenchConfig, wall_s: float) -> str:
         lines += [
             f"## {len(teams)} teams: {', '.join(teams)}",
             "",
-            "| method | " + " | ".join(teams) + " | avg | norm | chosen | s |",
-            "|---|" + "---|" * (len(teams) + 4),
+            "| method | " + " | ".join(teams) + " | avg | norm | val | chosen | s |",
+            "|---|" + "---|" * (len(teams) + 5),
         ]
         chosen: dict[str, list[str]] = {}
         for c in cells:
@@ -81,7 +84,7 @@ def markdown(cells: Sequence[Cell], cfg: BenchConfig, wall_s: float) -> str:
                     ",".join(
                         str(v) if k == "merge" else f"{k}={v:g}"
                         for k, v in c.params.items()
-                        if k in ("merge", "scale", "density", "drop_rate")
+                        if k in ("merge", "scale", "density", "drop_rate", "common_fraction")
                     )
                 )
         for method, col in methods.items():
@@ -90,6 +93,7 @@ def markdown(cells: Sequence[Cell], cfg: BenchConfig, wall_s: float) -> str:
                 *(_fmt(col[t]) for t in teams),
                 _fmt(col["avg"]),
                 _fmt(col["norm"]) if col["norm"] else "-",
+                _fmt(col["val"]),
                 "; ".join(sorted(set(chosen.get(method, [])))) or "-",
                 f"{statistics.fmean(col['seconds']):.0f}",
             ]

@@ -46,6 +46,15 @@ QUICK_GRID: tuple[str, ...] = (
     "dare_ties:drop_rate=0.9:scale=0.5|1",
     "tsv_m:scale=0.5|1|1.5",
     "iso_c:scale=0.5|1|1.5",
+    "iso_cts:common_fraction=0.8:scale=0.5|1|1.5",
+)
+# standard mode: quick's grid with lambda up to 2 for the spectral merges (in quick mode TSV-M
+# picked the grid's largest lambda, 1.5, on both settings: an anchor must not be cut short)
+STANDARD_GRID: tuple[str, ...] = (
+    *(g for g in QUICK_GRID if not g.startswith(("tsv_m", "iso_c"))),
+    "tsv_m:scale=0.5|1|1.5|2",
+    "iso_c:scale=0.5|1|1.5|2",
+    "iso_cts:common_fraction=0.8:scale=0.5|1|1.5|2",
 )
 FULL_GRID: tuple[str, ...] = (
     "linear",
@@ -56,6 +65,7 @@ FULL_GRID: tuple[str, ...] = (
     "dare_ties:drop_rate=0.5|0.9:scale=0.5|1",
     "tsv_m:scale=0.5|1|1.5|2",
     "iso_c:scale=0.5|1|1.5|2",
+    "iso_cts:common_fraction=0.5|0.8:scale=0.5|1|1.5|2",
 )
 
 
@@ -122,6 +132,7 @@ class BenchConfig:
             "max-length": self.max_length,
             "eval-before": self.floor,
             "refit-lr": self.refit_lr,
+            "score-validation": True,  # variants and anchors are compared on validation
             "seed": seed,
             "store": "off",
             "out-dir": str(out),

@@ -14,6 +14,8 @@ a 1-epoch head re-fit): exactly what a coordinator would run with those keys.
 - ``cold``: no warm start (the probe is not counted in the branch), 2 rounds;
 - ``no-refit``: the default without the head re-fit (every compared merge then has none either);
 - ``mlr2`` / ``mlr3`` / ``mlr4``: masked training's shared-tensor lr at 2 / 3 / 4 times the lr.
+- ``tsv-owned``: the owned deltas merged TSV-style (``medusa_tsv``: TSV-M on every weight matrix,
+  Algorithm 3 on the rest), lambda 1, 1.5 or 2 chosen on validation;
 - ``lora-rank`` (``--method lora`` only): whole LoRA rank components per owner instead of
   adapter elements.
 
@@ -39,6 +41,7 @@ VARIANTS: dict[str, MedusaVariant] = {
         MedusaVariant("frozen-d50", (("unselected", "frozen"), ("probe-density", 0.5))),
         MedusaVariant("uncontrolled", uncontrolled_last=True),
         MedusaVariant("scaled", (("merge", "medusa:scale=0.7|1|1.3|1.6"),)),
+        MedusaVariant("tsv-owned", (("merge", "medusa_tsv:scale=1|1.5|2"),)),
         MedusaVariant("rounds1", (("rounds", 1),)),
         MedusaVariant("rounds4", (("rounds", 4),)),
         MedusaVariant("cold", (("warm-start", False),)),

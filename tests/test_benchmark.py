@@ -84,6 +84,9 @@ def test_benchmark_runs_every_method_and_writes_tables(
     tuned = [c for c in cells if c.method == "task_arithmetic"]
     assert all(c.grid_tried == 2 and c.params["scale"] in (0.5, 1.0) for c in tuned)
     assert all(not math.isnan(c.validation) for c in tuned)  # chosen on validation
+    # score-validation: a merge without a grid is scored on validation too (to choose by)
+    single = [c for c in cells if c.method in ("medusa:default", "linear", "ties")]
+    assert len(single) == 6 and all(0.0 <= c.validation <= 1.0 for c in single)
     scaled = [c for c in cells if c.method == "medusa:scaled"]
     assert all(c.grid_tried == 4 and c.params["scale"] in (0.7, 1.0, 1.3, 1.6) for c in scaled)
     # every compared merge has the default's head re-fit, the paper recipe none
@@ -165,9 +168,14 @@ def test_bench_modes_settings_and_variants():
     assert full.method == "lora" and full.seeds == (0, 1, 2)
     assert quick.lr == 1e-4 and full.lr == 1e-3  # adapters train at their own default lr
     assert {v.name for v in full.variants} == set(VARIANTS)
+    standard = bench_config("standard", "full", "", "")
+    assert standard.settings == quick.settings and standard.seeds == (0, 1, 2)
+    assert standard.max_train * standard.epochs >= 4 * quick.max_train * quick.epochs
+    assert standard.max_eval > quick.max_eval and "tsv_m:scale=0.5|1|1.5|2" in standard.grid
+    assert len(standard.grid) == len(quick.grid)  # the same methods, wider lambda grids
     chosen = bench_config("quick", "full", "3,4", "paper,rounds4")
     assert chosen.seeds == (3, 4) and [v.name for v in chosen.variants] == ["paper", "rounds4"]
-    with pytest.raises(typer.BadParameter, match="expected quick or full, found 'fast'"):
+    with pytest.raises(typer.BadParameter, match="expected quick, standard, full, found 'fast'"):
         bench_config("fast", "full", "", "")
     with pytest.raises(typer.BadParameter, match="expected full, lora or ia3, found 'qlora'"):
         bench_config("quick", "qlora", "", "")
@@ -211,3 +219,40 @@ def test_medusa_only_adds_a_variant_to_earlier_runs(tiny_bert, tiny_tasks, tmp_p
     bench_report.combine([tmp_path / "earlier", tmp_path / "more"], tmp_path / "all")
     pooled, _, _ = bench_report.read(tmp_path / "all")
     assert sorted(c.method for c in pooled) == ["alone", "medusa:rounds1"]
+
+
+def test_convergence_check_trains_each_task_alone_at_b_and_2b(tiny_bert, tiny_tasks, tmp_path):
+    # Prepare
+    from simulations.bench_convergence import alone_validation, check_convergence, report
+
+    tasks = tuple(str(tiny_tasks[n]) for n in ("alpha", "beta"))
+    cfg = _config(tiny_bert, tasks, tmp_path, max_train=32, max_eval=16, epochs=2)
+    messages: list[str] = []
+    # Execute
+    rows = check_convergence(cfg, progress=messages.append)
+    # Assert: one row per task and seed, scored on validation at 1 and 2 epochs
+    assert [(r.task, r.seed, r.epochs, r.factor) for r in rows] == [
+        ("alpha", 0, 2, 2.0),
+        ("beta", 0, 2, 2.0),
+    ]
+    assert len(messages) == 4 and messages[1] == "alpha seed 0: alone for 4 epochs"
+    assert all(0.0 <= a <= 1.0 for r in rows for a in (r.at_budget, r.at_more))
+    assert rows[0].moved == rows[0].at_more - rows[0].at_budget
+    # the same training as a lone call at B (seeded: the check is reproducible)
+    assert alone_validation(cfg, tasks[0], 0, 2.0) == rows[0].at_budget
+    text = report(rows)
+    assert "| alpha | 0 |" in text and "val @ 4 ep" in text
+
+
+def test_convergence_report_names_the_tasks_that_still_move():
+    from simulations.bench_convergence import Convergence, report
+
+    rows = [
+        Convergence("movie", 0, 4.0, 2.0, 0.700, 0.706),  # +0.6 point
+        Convergence("movie", 1, 4.0, 2.0, 0.700, 0.700),
+        Convergence("bbc", 0, 4.0, 2.0, 0.800, 0.830),  # +3 points
+    ]
+    text = report(rows)
+    assert "NOT converged" in text and text.rstrip().endswith("bbc")
+    assert "movie +0.3, bbc +3.0" in text
+    assert "converged: every task" in report(rows[:2])

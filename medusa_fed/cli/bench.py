@@ -1,6 +1,8 @@
 """``medusa bench``: merged-model quality of Medusa variants against the post-hoc baselines.
 
-    medusa bench --mode quick --out runs/bench-quick      # 15 minutes on 2 idle cores
+    medusa bench --mode quick --out runs/bench-quick      # the smoke check: 15-25 min, one seed
+    medusa bench --mode standard --out runs/bench-std     # converged budget, 3 seeds (~45 min each)
+    medusa bench --mode standard --check-convergence      # each team alone at B and 2B
     medusa bench --mode full --out runs/bench-full        # every variant, 3 seeds (many hours)
     medusa bench --combine runs/s0,runs/s1 --out runs/all # one report of runs made apart
     medusa bench --medusa-only --variants X --seeds 0 --out runs/x-s0  # add a variant to s0
@@ -22,6 +24,11 @@ from typer import Option
 from medusa_fed.cli.app import app
 
 ADAPTER_LR = 1e-3  # the adapters' default learning rate (TrainConfig.lr_for)
+MODES = ("quick", "standard", "full")
+# standard mode's budget (quick: 256 examples, 2 epochs, 200 validation / test examples)
+STANDARD_TRAIN = 512
+STANDARD_EPOCHS = 4.0
+STANDARD_EVAL = 300
 
 
 def bench_config(  # type: ignore[no-untyped-def]
@@ -32,12 +39,12 @@ def bench_config(  # type: ignore[no-untyped-def]
     medusa_only: bool = False,
     model: str = "all-MiniLM-L6-v2",
 ):
-    """The BenchConfig of a mode (``quick`` or ``full``), with optional overrides."""
-    from simulations.benchmark import FULL_GRID, BenchConfig
+    """The BenchConfig of a mode (``quick``, ``standard`` or ``full``), with optional overrides."""
+    from simulations.benchmark import FULL_GRID, STANDARD_GRID, BenchConfig
     from simulations.variants import VARIANTS, default_variants
 
-    if mode not in ("quick", "full"):
-        raise typer.BadParameter(f"--mode: expected quick or full, found {mode!r}")
+    if mode not in MODES:
+        raise typer.BadParameter(f"--mode: expected {', '.join(MODES)}, found {mode!r}")
     if method not in ("full", "lora", "ia3"):
         raise typer.BadParameter(f"--method: expected full, lora or ia3, found {method!r}")
     cfg = BenchConfig(method=method, model=model)
@@ -57,6 +64,15 @@ def bench_config(  # type: ignore[no-untyped-def]
         )
     else:
         cfg.variants = default_variants()
+    if mode == "standard":
+        # each team alone has converged at this budget (doubling it moves validation accuracy
+        # by less than a point: --check-convergence, docs/benchmarks.md); 3 and 4 teams, the
+        # quick grid with lambda up to 2 for the spectral merges, 3 seeds; about 45 min per seed
+        # on 2 idle cores (estimate in the docs)
+        cfg.seeds = (0, 1, 2)
+        cfg.max_train, cfg.max_eval = STANDARD_TRAIN, STANDARD_EVAL
+        cfg.epochs = STANDARD_EPOCHS
+        cfg.grid = STANDARD_GRID
     if seeds:
         cfg.seeds = tuple(int(s) for s in seeds.split(","))
     if variants:
@@ -72,7 +88,13 @@ def bench_config(  # type: ignore[no-untyped-def]
 
 @app.command()
 def bench(
-    mode: Annotated[str, Option(help="quick (15 min on 2 idle cores) or full")] = "quick",
+    mode: Annotated[
+        str,
+        Option(
+            help="quick (the smoke check, ~20 min), standard (converged budget, 3 seeds, ~45 min "
+            "per seed on 2 idle cores) or full (many hours)"
+        ),
+    ] = "quick",
     out: Annotated[Path, Option(help="Output directory.")] = Path("runs/bench"),
     method: Annotated[
         str, Option(help="full | lora | ia3 (lr 1e-4 for full, 1e-3 for the adapters)")
@@ -102,6 +124,14 @@ def bench(
             "write one report of all their cells to --out instead of running."
         ),
     ] = "",
+    check_convergence: Annotated[
+        bool,
+        Option(
+            "--check-convergence",
+            help="Instead of the benchmark: train each task alone at the mode's budget and at "
+            "twice it, print the validation accuracy moves (converged: all under 1 point).",
+        ),
+    ] = False,
 ) -> None:
     """Benchmark merged-model quality on the bundled tasks and write tables and plots."""
     from simulations import bench_report
@@ -127,10 +157,20 @@ def bench(
         raise typer.Exit(2) from exc
     cfg.out = str(out)
     started = time.monotonic()
-    cells = Bench(
-        cfg,
-        progress=lambda msg: typer.echo(f"[{time.monotonic() - started:6.0f} s] {msg}", err=True),
-    ).run()
+
+    def say(msg: str) -> None:
+        typer.echo(f"[{time.monotonic() - started:6.0f} s] {msg}", err=True)
+
+    if check_convergence:
+        from simulations.bench_convergence import check_convergence as check
+        from simulations.bench_convergence import report
+
+        text = report(check(cfg, progress=say))
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "convergence.md").write_text(text)
+        typer.echo(text + f"written: {out / 'convergence.md'}")
+        return
+    cells = Bench(cfg, progress=say).run()
     wall = time.monotonic() - started
     path = bench_report.write(out, cells, cfg, wall)
     typer.echo(path.read_text())

@@ -38,7 +38,7 @@ def merge(
         str | None,
         Option(
             help="medusa | linear | task_arithmetic | ties | dare_linear | dare_task_arithmetic "
-            "| dare_ties | tsv_m | iso_c (settings may follow: ties:density=0.5)"
+            "| dare_ties | tsv_m | iso_c | iso_cts (settings may follow: ties:density=0.5)"
         ),
     ] = None,
     config: Annotated[

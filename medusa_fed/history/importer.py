@@ -43,6 +43,7 @@ from medusa_fed.history.objects import (
     add_ownership,
     add_run,
 )
+from medusa_fed.merging.spec import OWNERSHIP_METHODS
 from medusa_fed.ownership import OwnershipMap
 from medusa_fed.run_config import MergeChoice, RunConfig
 from medusa_fed.rundir.manifest import now_iso
@@ -234,7 +235,8 @@ def _import_merge(
     report: dict[str, Any] | None,
     branches: dict[str, str],
 ) -> str:
-    stage = "train" if choice.method == "medusa" and config.uses_ownership else "baseline"
+    owned = choice.method in OWNERSHIP_METHODS and config.uses_ownership
+    stage = "train" if owned else "baseline"
     status = {t["name"]: t["status"] for t in (report or {}).get("teams", [])}
     teams = [
         t

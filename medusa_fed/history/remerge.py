@@ -28,12 +28,19 @@ from medusa_fed.history.branches import Store
 from medusa_fed.history.db import ObjectRow
 from medusa_fed.history.objects import add_merge
 from medusa_fed.history.values import base_model, delta_of, head_of, labels_of, values_of
-from medusa_fed.merging import MergeChoice, MergeSpec, check_finite, merge_states_with_report
+from medusa_fed.merging import (
+    OWNERSHIP_METHODS,
+    TUNABLE,
+    MergeChoice,
+    MergeSpec,
+    check_finite,
+    merge_states_with_report,
+)
 
 log = logging.getLogger(__name__)
 
 PROVENANCE = "medusa.json"
-_SPEC_KEYS = ("scale", "density", "drop_rate", "seed")
+_SPEC_KEYS = TUNABLE
 
 
 @dataclass(frozen=True)
@@ -200,7 +207,7 @@ def merge_branches(
     uncontrolled = [
         k
         for k, r in keys.items()
-        if r.meta["training"] == "uncontrolled" and spec.method == "medusa"
+        if r.meta["training"] == "uncontrolled" and spec.method in OWNERSHIP_METHODS
     ]
     base_values = values_of(store, start, model)
     deltas = {k: delta_of(store, r) for k, r in keys.items()}

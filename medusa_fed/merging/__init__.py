@@ -26,6 +26,8 @@ from medusa_fed.merging.sparsify import (
 )
 from medusa_fed.merging.spec import (
     METHODS,
+    OWNERSHIP_METHODS,
+    TUNABLE,
     MergeChoice,
     MergeSpec,
     MethodInfo,
@@ -35,6 +37,8 @@ from medusa_fed.merging.spec import (
 
 __all__ = [
     "METHODS",
+    "OWNERSHIP_METHODS",
+    "TUNABLE",
     "MergeChoice",
     "MergeSpec",
     "MethodInfo",

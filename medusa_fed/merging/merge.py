@@ -26,8 +26,8 @@ from tqdm.auto import tqdm
 from medusa_fed.errors import MergeError
 from medusa_fed.merging.methods import baseline_delta, medusa_delta
 from medusa_fed.merging.report import TensorReport, summarize
-from medusa_fed.merging.spec import MergeSpec
-from medusa_fed.merging.spectral import spectral_delta
+from medusa_fed.merging.spec import OWNERSHIP_METHODS, MergeSpec
+from medusa_fed.merging.spectral import is_spectral, spectral_delta
 
 logger = logging.getLogger(__name__)
 
@@ -123,10 +123,14 @@ def merge_tensor_with_report(
             f"{name}: num_branches={num_branches} but {len(pairs)} branch(es) sent this tensor; "
             "expected at least that many"
         )
-    if spec.method == "medusa":
+    if spec.method == "medusa" or (spec.method == "medusa_tsv" and not is_spectral(name, base)):
         acc, report = medusa_delta(name, pairs, base, spec.scale, frozenset(uncontrolled))
-    elif spec.info.combine in ("tsv", "iso"):
-        acc, report = spectral_delta(name, pairs, base, spec.method, spec.scale)
+    elif spec.method == "medusa_tsv":  # owned deltas of a weight matrix: TSV-M's sum
+        acc, report = spectral_delta(name, pairs, base, "tsv_m", spec.scale)
+    elif spec.info.combine in ("tsv", "iso", "iso_cts"):
+        acc, report = spectral_delta(
+            name, pairs, base, spec.method, spec.scale, spec.common_fraction
+        )
     else:
         acc, report = baseline_delta(name, pairs, base, spec, n)
     del pairs
@@ -200,7 +204,7 @@ def merge_stream(
     :func:`merge_states` and :func:`medusa_fed.merging.streaming.merge_to_folder` consume it.
     """
     _check_branches(base, deltas, uncontrolled)
-    if uncontrolled and spec.method != "medusa":
+    if uncontrolled and spec.method not in OWNERSHIP_METHODS:
         logger.info("merge: %s treats uncontrolled branches like the others", spec.method)
     names = list(base)
     bar = tqdm(names, desc=f"merge ({spec.method})", unit="tensor", disable=not progress)

@@ -21,6 +21,11 @@ tsv_m                    none             task singular vectors,    scale
                                           orthogonalized (spectral)
 iso_c                    none             summed deltas, flat       scale
                                           spectrum (spectral)
+iso_cts                  none             common + task-specific    common_fraction, scale
+                                          subspaces, flat spectrum
+medusa_tsv               none             owned deltas: TSV-M on    scale
+                                          matrices, medusa on the
+                                          rest
 =======================  ===============  ========================  =========================
 """
 
@@ -46,9 +51,11 @@ MethodName = Literal[
     "dare_ties",
     "tsv_m",
     "iso_c",
+    "iso_cts",
+    "medusa_tsv",
 ]
 Sparsify = Literal["none", "magnitude", "dare"]
-Combine = Literal["medusa", "mean", "sum", "ties", "tsv", "iso"]
+Combine = Literal["medusa", "medusa_tsv", "mean", "sum", "ties", "tsv", "iso", "iso_cts"]
 
 
 @dataclass(frozen=True)
@@ -126,10 +133,32 @@ METHODS: dict[str, MethodInfo] = {
             "iso",
             ("scale",),
         ),
+        MethodInfo(
+            "iso_cts",
+            "Iso-CTS (Marczak et al. 2025): the summed deltas' top common_fraction singular "
+            "directions plus each branch's top directions outside them, orthogonalized, with a "
+            "flat spectrum, times scale; others: mean",
+            "none",
+            "iso_cts",
+            ("common_fraction", "scale"),
+        ),
+        MethodInfo(
+            "medusa_tsv",
+            "Medusa's owned deltas merged TSV-style: TSV-M (each branch's top singular vectors, "
+            "orthogonalized) on every weight matrix, Algorithm 3 on the other tensors, times scale",
+            "none",
+            "medusa_tsv",
+            ("scale",),
+        ),
     )
 }
 
-_TUNABLE = ("scale", "density", "drop_rate", "seed")
+# the methods that merge a Medusa run's masked (owned) branches: a run whose merge is one of these
+# probes, assigns owners and trains masked; any other merge is a post-hoc baseline run
+OWNERSHIP_METHODS = ("medusa", "medusa_tsv")
+
+# the settings a merge text may carry (``key=value``), in MergeSpec field order
+TUNABLE = ("scale", "density", "drop_rate", "seed", "common_fraction")
 
 
 @dataclass(frozen=True)
@@ -148,6 +177,9 @@ class MergeSpec:
     seed : int (default: 0)
         DARE: drop masks are drawn from a generator seeded by (seed, tensor name, branch name), so
         they do not depend on the order in which branches or tensors are visited.
+    common_fraction : float (default: 0.8)
+        Iso-CTS: share of each matrix's rank given to the common subspace (the summed deltas' top
+        singular directions), in (0, 1]; the rest is split evenly between the branches.
     """
 
     method: MethodName = field(metadata={"help": "merge method, a key of METHODS"})
@@ -155,6 +187,9 @@ class MergeSpec:
     density: float = field(default=0.2, metadata={"help": "TIES: kept fraction per tensor"})
     drop_rate: float = field(default=0.9, metadata={"help": "DARE: drop probability p"})
     seed: int = field(default=0, metadata={"help": "DARE: seed of the drop masks"})
+    common_fraction: float = field(
+        default=0.8, metadata={"help": "Iso-CTS: rank share of the common subspace"}
+    )
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -168,16 +203,20 @@ class MergeSpec:
             raise ConfigError(f"merge density must be in (0, 1], found {self.density!r}")
         if not 0.0 <= float(self.drop_rate) < 1.0:
             raise ConfigError(f"merge drop_rate must be in [0, 1), found {self.drop_rate!r}")
+        if not 0.0 < float(self.common_fraction) <= 1.0:
+            raise ConfigError(
+                f"merge common_fraction must be in (0, 1], found {self.common_fraction!r}"
+            )
         # run configs carry every setting as a float: accept an integral float seed (3.0 -> 3)
         if isinstance(self.seed, bool) or float(self.seed) != int(self.seed):
             raise ConfigError(f"merge seed must be an integer, found {self.seed!r}")
         object.__setattr__(self, "seed", int(self.seed))
-        for name in ("scale", "density", "drop_rate"):
+        for name in ("scale", "density", "drop_rate", "common_fraction"):
             object.__setattr__(self, name, float(getattr(self, name)))
         ignored = [
             f"{f.name}={getattr(self, f.name)!r}"
             for f in fields(self)
-            if f.name in _TUNABLE
+            if f.name in TUNABLE
             and f.name not in self.info.uses
             and getattr(self, f.name) != f.default
         ]
@@ -220,10 +259,10 @@ class MergeChoice:
         for part in parts:
             key, sep, value = part.partition("=")
             key = key.strip().replace("-", "_")
-            if not sep or key not in _TUNABLE:
+            if not sep or key not in TUNABLE:
                 raise ConfigError(
                     f"merge setting {part!r} in {text!r}: expected key=value with key one of "
-                    f"{', '.join(_TUNABLE)}"
+                    f"{', '.join(TUNABLE)}"
                 )
             try:
                 params[key] = tuple(float(v) for v in value.split("|"))

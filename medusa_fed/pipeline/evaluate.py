@@ -2,7 +2,8 @@
 
 A method given as a grid is first chosen here: each candidate merge is scored on the teams'
 validation splits (their heads as trained, no re-fit) and the best mean wins; only that one is
-scored on test. With ``refit-epochs`` > 0 each team re-fits its own head on the frozen merged
+scored on test. With ``score-validation`` a method without a grid is scored on validation too
+(a grid of one). With ``refit-epochs`` > 0 each team re-fits its own head on the frozen merged
 encoder before the test score, the same for every method. Stored scores are read back on a
 restart, never asked for again.
 """
@@ -30,7 +31,7 @@ def merge_and_choose(state: RunState, transport: Transport) -> None:
     """MERGE every method; a grid's candidates are chosen on validation as they are merged."""
     for choice, branches in choices(state):
         candidates = choice.candidates()
-        if len(candidates) == 1:
+        if len(candidates) == 1 and not state.config.score_validation:
             only = merge_one(state, choice, branches, candidates[0])
             if only is not None:
                 keep(state, choice.label, only)

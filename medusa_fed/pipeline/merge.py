@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from medusa_fed.deltas import StateDict
 from medusa_fed.errors import MergeError
 from medusa_fed.merging import check_finite, merge_states_with_report
-from medusa_fed.merging.spec import MergeChoice
+from medusa_fed.merging.spec import OWNERSHIP_METHODS, MergeChoice
 from medusa_fed.pipeline.state import Branches, RunState
 
 log = logging.getLogger(__name__)
@@ -67,7 +67,7 @@ def merge_one(
         state.base_state,
         deltas,
         choice.spec(params, state.config.seed),
-        uncontrolled=uncontrolled if choice.method == "medusa" else (),
+        uncontrolled=uncontrolled if choice.method in OWNERSHIP_METHODS else (),
         progress=True,
     )
     try:

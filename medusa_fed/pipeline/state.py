@@ -104,23 +104,7 @@ class RunState:
 
     def settings(self, epochs: float | None = None, max_steps: int | None = None) -> Settings:
         """The run settings every request carries, with this request's budget."""
-        c = self.config
-        return Settings(
-            model=c.model,
-            model_family=c.model_family,
-            method=c.method,
-            epochs=c.epochs if epochs is None else epochs,
-            max_steps=c.max_steps if max_steps is None else max_steps,
-            lr=c.lr,
-            batch_size=c.batch_size,
-            max_length=c.max_length,
-            max_train=c.max_train,
-            max_eval=c.max_eval,
-            seed=c.seed,
-            eval_before=c.eval_before,
-            dp_clip=c.dp_clip,
-            dp_noise=c.dp_noise,
-        )
+        return settings_of(self.config, epochs, max_steps)
 
     def check_sender(self, team: str, sender: Sender) -> None:
         """A payload must name the team it came from and the run's base."""
@@ -222,3 +206,25 @@ def send(
         time.monotonic() - started,
     )
     return got
+
+
+def settings_of(
+    c: RunConfig, epochs: float | None = None, max_steps: int | None = None
+) -> Settings:
+    """The settings a request of run ``c`` carries, with a budget (default: the run's)."""
+    return Settings(
+        model=c.model,
+        model_family=c.model_family,
+        method=c.method,
+        epochs=c.epochs if epochs is None else epochs,
+        max_steps=c.max_steps if max_steps is None else max_steps,
+        lr=c.lr,
+        batch_size=c.batch_size,
+        max_length=c.max_length,
+        max_train=c.max_train,
+        max_eval=c.max_eval,
+        seed=c.seed,
+        eval_before=c.eval_before,
+        dp_clip=c.dp_clip,
+        dp_noise=c.dp_noise,
+    )

@@ -183,7 +183,8 @@ def test_spec_validation():
         MergeChoice.parse("ties:density=0.2|2")  # refused when parsed, before any training
     assert set(METHODS) == {
         "medusa", "linear", "task_arithmetic", "ties",
-        "dare_linear", "dare_task_arithmetic", "dare_ties", "tsv_m", "iso_c",
+        "dare_linear", "dare_task_arithmetic", "dare_ties", "tsv_m", "iso_c", "iso_cts",
+        "medusa_tsv",
     }  # fmt: skip
 
 

@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from medusa_fed.errors import MergeError
-from medusa_fed.merging import METHODS, MergeSpec, merge_states
+from medusa_fed.merging import METHODS, OWNERSHIP_METHODS, MergeSpec, merge_states
 from medusa_fed.merging.shards import INDEX, SafetensorsFile, ShardedTensors, ShardWriter
 from medusa_fed.merging.streaming import LazyDeltas, merge_to_folder
 
@@ -22,7 +22,8 @@ SHAPES = {"a.weight": (64, 48), "b.bias": (48,), "emb.weight": (300, 16), "c.wei
 
 
 def _inputs(method: str, uncontrolled: bool) -> tuple[dict, dict]:
-    """Seeded base (one bf16 tensor among fp32) and three branch deltas (disjoint for medusa)."""
+    """Seeded base (one bf16 tensor among fp32) and three branch deltas (disjoint for the
+    ownership methods)."""
     g = torch.Generator().manual_seed(len(method))
     base = {n: torch.randn(s, generator=g) for n, s in SHAPES.items()}
     base["half.weight"] = torch.randn(40, 12, generator=g).to(torch.bfloat16)
@@ -33,7 +34,8 @@ def _inputs(method: str, uncontrolled: bool) -> tuple[dict, dict]:
         for n, t in base.items():
             d = torch.randn(t.shape, generator=g) * 0.01
             d[torch.rand(t.shape, generator=g) < 0.1] = 0
-            deltas[f"t{i}"][n] = torch.where(owners[n] == i, d, 0.0) if method == "medusa" else d
+            owned = method in OWNERSHIP_METHODS
+            deltas[f"t{i}"][n] = torch.where(owners[n] == i, d, 0.0) if owned else d
     del deltas["t2"]["c.weight"]  # a branch that omits a tensor
     if uncontrolled:
         deltas["u"] = {n: torch.randn(t.shape, generator=g) * 0.01 for n, t in base.items()}
@@ -238,7 +240,8 @@ def _golden_merges() -> dict[str, str]:
                 for n, t in base.items():
                     d = torch.randn(t.shape, generator=g) * 0.01
                     d[torch.rand(t.shape, generator=g) < 0.1] = 0
-                    deltas[b][n] = torch.where(owners[n] == i, d, 0.0) if method == "medusa" else d
+                    owned = method in OWNERSHIP_METHODS
+                    deltas[b][n] = torch.where(owners[n] == i, d, 0.0) if owned else d
             if unc:
                 deltas["u"] = {n: torch.randn(t.shape, generator=g) * 0.01 for n, t in base.items()}
             merged = merge_states(base, deltas, MergeSpec(method), uncontrolled=unc)
