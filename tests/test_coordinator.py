@@ -439,7 +439,7 @@ def test_masked_lr_scale_reaches_masked_training_only(tiny_bert, tiny_tasks, tmp
 
 def _round(r: int, head_from: str) -> TrainRequest:
     settings = Settings("m", "encoder-classifier", "full", 1.0, 0, 0.0, 8, 16, 10, 10, 0, False)
-    return TrainRequest(settings, r, 2, "train", head_from, 1.0, 1.0, 0)
+    return TrainRequest(settings, r, 2, "train", head_from, 1.0, 1.0, 0, "", "", "fp32")
 
 
 def test_round_head_continues_the_probe_head_or_starts_fresh_when_it_is_gone():
