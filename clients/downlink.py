@@ -5,8 +5,9 @@
   branch it trained (``medusa-own-<branch>``); its probe payload under ``medusa-own-probe``.
   A round's start and Medusa's merged weights are then rebuilt from the values it lacks
   (``medusa_fed.codec.downlink``).
-- The last merged weights it scored, by fingerprint (in this process's memory, not the node's
-  state: a dense copy), so a merge scored on validation is not sent again for test.
+- The last merged weights it scored for each method, by fingerprint (in this process's memory,
+  not the node's state: a dense copy per method), so a grid's candidate scored on validation is
+  not sent again for test.
 
 Whatever is rebuilt is hashed and compared with the coordinator's fingerprint. A site that lost
 what it kept (a restart) or rebuilds other weights raises :class:`StateMissing`: the coordinator
@@ -30,7 +31,7 @@ from medusa_fed.errors import StateMissing
 from medusa_fed.merging.rounds import owned_probe
 
 PROBE = "probe"
-_HELD: dict[str, str] = {}  # team -> fingerprint of the last merge it scored
+_HELD: dict[tuple[str, str], str] = {}  # (team, method label) -> the last merge it scored
 _WEIGHTS: dict[str, StateDict] = {}  # fingerprint -> those weights
 
 
@@ -118,21 +119,21 @@ def rebuild(
     return weights
 
 
-def hold(team: str, weights: StateDict, sha: str) -> None:
-    """Remember the last merged weights ``team`` scored (one per team; teams in one process that
-    scored the same weights share one copy)."""
-    _HELD[team] = sha
+def hold(team: str, label: str, weights: StateDict, sha: str) -> None:
+    """Remember the last merged weights ``team`` scored for method ``label`` (one per method;
+    teams in one process that scored the same weights share one copy)."""
+    _HELD[team, label] = sha
     _WEIGHTS[sha] = weights
     for stale in set(_WEIGHTS) - set(_HELD.values()):
         del _WEIGHTS[stale]
 
 
-def held(team: str, expected: str) -> StateDict:
-    """The merged weights ``team`` scored last, if their fingerprint is ``expected``; else
-    StateMissing."""
-    if _HELD.get(team) != expected or expected not in _WEIGHTS:
+def held(team: str, label: str, expected: str) -> StateDict:
+    """The merged weights ``team`` scored last for ``label``, if their fingerprint is
+    ``expected``; else StateMissing."""
+    if _HELD.get((team, label)) != expected or expected not in _WEIGHTS:
         raise StateMissing(
-            f"team {team!r}: expected to hold merged weights {expected[:12]}... from an earlier "
-            "EVAL, found none (restarted?); the full weights are asked for"
+            f"team {team!r}: expected to hold {label} merged weights {expected[:12]}... from an "
+            "earlier EVAL, found none (restarted?); the full weights are asked for"
         )
     return _WEIGHTS[expected]

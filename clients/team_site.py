@@ -403,7 +403,7 @@ class TeamSite:
             device=self.team.device,
         )
         sent = encode_dense(refit) if refit is not None and self.team.share_head else None
-        downlink.hold(self.team.name, shared, request.fingerprint)
+        downlink.hold(self.team.name, request.method_label, shared, request.fingerprint)
         return EvalReply(metrics=metrics, head=sent)
 
     def merged_weights(self, request: EvalRequest, base: BaseModel) -> StateDict:
@@ -420,7 +420,7 @@ class TeamSite:
                 )
             return shared
         if request.lack is None:
-            return downlink.held(name, request.fingerprint)
+            return downlink.held(name, label, request.fingerprint)
         if request.mask is None:
             raise PayloadError(
                 f"team {name!r}: {label} sent the values this team lacks without its mask; "

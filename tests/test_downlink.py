@@ -17,7 +17,7 @@ from medusa_fed import codec
 from medusa_fed.codec.downlink import encode_lacking
 from medusa_fed.codec.records import arrays_from_record, record_from_arrays
 from medusa_fed.errors import PayloadError
-from medusa_fed.protocol import LACK_KEY, MSG_EVAL, MSG_TRAIN, START_KEY, TrainRequest
+from medusa_fed.protocol import ARRAYS_KEY, LACK_KEY, MSG_EVAL, MSG_TRAIN, START_KEY, TrainRequest
 from medusa_fed.rundir.run_dir import RunDir
 from medusa_fed.team_config import TeamConfig
 from medusa_fed.training import load_base
@@ -190,3 +190,56 @@ def _settings(cfg):  # type: ignore[no-untyped-def]
     from medusa_fed.protocol import Settings
 
     return Settings(cfg.model, cfg.model_family, cfg.method, 1.0, 0, 0.0, 8, 16, 40, 20, 0, False)
+
+
+def test_a_merge_the_team_scored_already_is_not_sent_again(
+    tiny_bert, tiny_tasks, tiny_run_config, tmp_path
+):
+    # Prepare: a grid of two identical candidates (one merge), chosen on validation, then tested;
+    # in the second run every site forgets what it held after its first EVAL (a restart)
+    from clients import downlink
+
+    label = "ties:density=0.5|0.5"
+    one_shot = {"rounds": 1, "warm-start": False, "compare": label}
+
+    def forget(node, request, reply):  # type: ignore[no-untyped-def]
+        downlink._HELD.clear()
+        return [reply]
+
+    # Execute
+    reports, grids = [], []
+    for i, (mode, tamper) in enumerate((("dense", None), ("lacking", None), ("lacking", forget))):
+        report, grid = _run(
+            tiny_bert,
+            tiny_tasks,
+            tiny_run_config,
+            tmp_path / str(i),
+            tamper,
+            downlink=mode,
+            **one_shot,
+        )
+        reports.append(report)
+        grids.append(grid)
+
+    # Assert: with lacking, only the first validation exchange carried the weights
+    def evals(grid):  # type: ignore[no-untyped-def]
+        return [
+            m
+            for m in grid.sent
+            if m.metadata.message_type == MSG_EVAL
+            and dict(m.content["config"])["method-label"] == label
+        ]
+
+    assert [ARRAYS_KEY in m.content for m in evals(grids[0])] == [True] * 9
+    assert [ARRAYS_KEY in m.content for m in evals(grids[1])] == [True] * 3 + [False] * 6
+    assert not any(LACK_KEY in m.content for m in evals(grids[1]))
+    # sites that forgot: each later exchange asks light, then sends the weights to all three
+    light_then_dense = [False] * 3 + [True] * 3
+    assert [ARRAYS_KEY in m.content for m in evals(grids[2])] == [True] * 3 + light_then_dense * 2
+    for report in reports[1:]:
+        assert [t["metrics"] for t in report["teams"]] == [
+            t["metrics"] for t in reports[0]["teams"]
+        ]
+        assert all(t["status"] == "ok" for t in report["teams"])
+    for team, stages in reports[1]["bytes"].items():  # the test exchange sent nothing heavy
+        assert stages["eval"]["sent"] < reports[0]["bytes"][team]["eval"]["sent"]

@@ -104,8 +104,8 @@ def ask(
     """One EVAL exchange: the merged shared weights to each team, its metrics back. On test,
     each reply is stored (and a re-fitted head beside it).
 
-    A team gets nothing heavy when it holds these weights already (the last merge it scored, by
-    fingerprint), only the values it lacks of the run's Medusa merge (``downlink = lacking``),
+    A team gets nothing heavy when it holds these weights already (the last merge of this method it
+    scored, by fingerprint), only the values it lacks of the run's Medusa merge (``downlink = lacking``),
     else the dense weights (and the dense weights whenever its site cannot rebuild them)."""
     branch, branches = branch_of(state, label)
     heads = branches.heads
@@ -118,9 +118,9 @@ def ask(
     def build(team: str, dense: bool = False) -> EvalRequest:
         head = heads.get(team)  # the team's own head, if it shared one (a restarted site)
         lack = None
-        if not dense and branch == "train" and state.held.get(team) != sha:
+        if not dense and branch == "train" and state.held.get((team, label)) != sha:
             lack = lacking(state, team, merged, branches.deltas.get(team), "fp32")
-        held = light and not dense and state.held.get(team) == sha
+        held = light and not dense and state.held.get((team, label)) == sha
         full = None if held or lack is not None else arrays
         mask = codec.encode_mask(state.ownership.mask(team)) if lack and state.ownership else None
         parts = (full, mask, lack.payload if lack else None)
@@ -152,7 +152,7 @@ def ask(
             state.drop(team, "eval", f"metrics rejected: {exc}")
             continue
         out[team] = metrics
-        state.held[team] = sha  # the site keeps the last merge it scored
+        state.held[team, label] = sha  # the site keeps the last merge it scored
         if split != "test":
             continue
         try:

@@ -90,7 +90,8 @@ class RunState:
     validation: dict[str, float] = field(default_factory=dict)  # label -> mean val. accuracy
     eval_metrics: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
     bytes: dict[str, dict[str, dict[str, int]]] = field(default_factory=dict)
-    held: dict[str, str] = field(default_factory=dict)  # team -> fingerprint of its last EVAL
+    # (team, method label) -> fingerprint of the merge the team scored last for that method
+    held: dict[tuple[str, str], str] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
