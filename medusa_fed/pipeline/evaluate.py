@@ -104,9 +104,10 @@ def ask(
     """One EVAL exchange: the merged shared weights to each team, its metrics back. On test,
     each reply is stored (and a re-fitted head beside it).
 
-    A team gets nothing heavy when it holds these weights already (the last merge of this method it
-    scored, by fingerprint), only the values it lacks of the run's Medusa merge (``downlink = lacking``),
-    else the dense weights (and the dense weights whenever its site cannot rebuild them)."""
+    A team gets nothing heavy when it holds these weights already (the last merge of this
+    method it scored, by fingerprint), only the values it lacks of the run's Medusa merge
+    (``downlink = lacking``), else the dense weights (and the dense weights whenever its site
+    cannot rebuild them)."""
     branch, branches = branch_of(state, label)
     heads = branches.heads
     arrays = codec.encode_dense(merged)
