@@ -68,6 +68,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--downlink", default="lacking", choices=("lacking", "dense"))
     parser.add_argument("--out", default="runs/bench-protocol")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -80,6 +81,7 @@ def main() -> None:
             "probe-epochs": args.probe_epochs,
             "rounds": args.rounds,
             "federated": "linear",
+            "downlink": args.downlink,
             "max-train": args.max_train,
             "max-eval": args.max_eval,
             "max-length": args.max_length,

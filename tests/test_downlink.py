@@ -156,7 +156,8 @@ def test_a_malformed_lacking_payload_is_refused_in_one_line(tiny_bert, tiny_task
     site.state["medusa-own-train-round1"] = record_from_arrays(  # type: ignore[index]
         {f"{n}::owned": v.numpy() for n, v in own.items()}
     )
-    lack = encode_lacking(base.shared_state(), base.shared_state(), mask, own)
+    zeros = {n: torch.zeros(s) for n, s in shapes.items()}
+    lack = encode_lacking(base.shared_state(), base.shared_state(), mask, zeros)
     settings = _settings(cfg)
 
     def request(payload):  # type: ignore[no-untyped-def]

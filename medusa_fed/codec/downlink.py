@@ -65,7 +65,7 @@ def encode_lacking(
     weights: Mapping[str, torch.Tensor],
     base: Mapping[str, torch.Tensor],
     masks: Mapping[str, torch.Tensor],
-    own: Vectors,
+    own_total: Mapping[str, torch.Tensor],
     dtype: DownlinkDtype = "fp32",
 ) -> Payload:
     """What a team lacks of float32 ``weights``: the unowned values and the owned fixes.
@@ -76,8 +76,9 @@ def encode_lacking(
         The shared weights to send and the base, float32, the same names and shapes.
     masks : Mapping[str, Tensor]
         The team's bool masks (what it owns).
-    own : Mapping[str, Tensor]
-        The team's own total in mask order (:func:`owned_vectors` of its summed uploads).
+    own_total : Mapping[str, Tensor]
+        The team's own total, dense (its summed uploads; zero where it owns nothing): the team
+        fills its owned elements with ``base + own_total``.
     dtype : "fp32" | "fp16" | "bf16" (default: "fp32")
         fp32 sends the unowned values bit-exactly; fp16 / bf16 their difference from the base.
     """
@@ -89,20 +90,21 @@ def encode_lacking(
                 f"{base[name].dtype}; send the dense weights instead"
             )
         flat, b, m = w.reshape(-1), base[name].reshape(-1), masks[name].reshape(-1)
-        lack = flat[~m]
+        unowned = ~m.numpy()  # numpy's compress measured 4x faster than torch's bool indexing
         if dtype == "fp32":
-            out[part_key(name, "lack")] = lack.numpy().copy()
+            out[part_key(name, "lack")] = np.compress(unowned, flat.numpy())
         else:
-            half = (lack - b[~m]).to(torch.float16 if dtype == "fp16" else torch.bfloat16)
+            diff = torch.from_numpy(np.compress(unowned, (flat - b).numpy()))
+            half = diff.to(torch.float16 if dtype == "fp16" else torch.bfloat16)
             wire = half if dtype == "fp16" else half.view(torch.int16)
-            out[part_key(name, "lack")] = wire.numpy().copy()
-        target = flat[m]
-        guess = b[m] + own[name]
-        differ = target.view(torch.int32) != guess.view(torch.int32)  # bitwise, -0.0 included
+            out[part_key(name, "lack")] = wire.numpy()
+        # what the team will compute on its elements, elementwise as it does: base + own total
+        guess = b + own_total[name].reshape(-1).to(torch.float32)
+        differ = (flat.view(torch.int32) != guess.view(torch.int32)) & m  # bitwise: -0.0 too
         if bool(differ.any()):
-            at = torch.nonzero(m).reshape(-1)[differ]
+            at = torch.nonzero(differ).reshape(-1)
             out[part_key(name, "fix-at")] = at.to(torch.int64).numpy()
-            out[part_key(name, "fix")] = target[differ].numpy().copy()
+            out[part_key(name, "fix")] = flat[at].numpy()
     return out
 
 
@@ -128,18 +130,24 @@ def decode_lacking(
         check_vector(parts["lack"], where, [_WIRE[dtype]], b.numel() - owned, None)
         lack = torch.from_numpy(parts["lack"].copy())
         if dtype == "bf16":
-            lack = lack.view(torch.bfloat16)
-        if not bool(torch.isfinite(lack).all()):
-            bad = lack.numel() - int(torch.isfinite(lack).sum())
-            raise rejection(where, f"expected finite values, found {bad:,} NaN/Inf", None)
+            lack = lack.view(torch.bfloat16).to(torch.float32)
+        check_finite(lack.numpy(), where, None)
         if own[name].shape != (owned,):
             raise PayloadError(
                 f"{name}: the team holds {own[name].numel():,} own values for {owned:,} owned "
                 "elements; expected one per owned element"
             )
-        flat = torch.empty_like(b)
-        flat[~m] = lack if dtype == "fp32" else b[~m] + lack.to(torch.float32)
-        flat[m] = b[m] + own[name]
+        # one dense add, elementwise as the coordinator checked it: base + own total on the
+        # team's elements; base + the sent difference (fp16 / bf16) or the sent values (fp32)
+        # elsewhere
+        unowned = ~m
+        delta = torch.zeros_like(b)
+        delta.masked_scatter_(m, own[name].to(torch.float32))
+        if dtype != "fp32":
+            delta.masked_scatter_(unowned, lack.to(torch.float32))
+        flat = b + delta
+        if dtype == "fp32":
+            flat.masked_scatter_(unowned, lack)
         if "fix-at" in parts or "fix" in parts:
             at, values = _fixes(name, parts, m)
             flat[at] = values

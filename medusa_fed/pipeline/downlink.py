@@ -10,7 +10,6 @@ where the light payload would not be smaller, the dense weights are sent at once
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -27,8 +26,6 @@ from medusa_fed.codec.downlink import (
 from medusa_fed.codec.layout import Payload
 from medusa_fed.pipeline.state import RunState
 
-log = logging.getLogger(__name__)
-
 
 @dataclass(frozen=True)
 class Lacking:
@@ -44,31 +41,25 @@ def lacking(
     weights: Mapping[str, torch.Tensor],
     own_total: Mapping[str, torch.Tensor] | None,
     dtype: DownlinkDtype,
+    sha: str,
 ) -> Lacking | None:
     """What ``team`` lacks of float32 ``weights`` given its own total (the coordinator's copy of
-    what the team holds); None when the team is to get the dense weights.
+    what the team holds, dense); None when the team is to get the dense weights.
 
-    At fp32 the weights the team rebuilds are checked here to be ``weights`` bit for bit (else
-    None: the dense send), so both down-links give the same results.
+    ``sha`` is the fingerprint of ``weights``: at fp32 the team rebuilds them bit for bit (the
+    unowned values as sent, its own as base + own total, and a fix wherever that sum is not the
+    weight), so both down-links give the same results. At fp16 / bf16 the team rebuilds other
+    weights; their fingerprint is computed here from the same decoder the team runs.
     """
     if state.config.downlink != "lacking" or own_total is None:
         return None
     if not state.roster.controlled(team) or state.ownership is None:
         return None
     masks = state.ownership.mask(team)
-    own = owned_vectors(own_total, masks)
-    payload = encode_lacking(weights, state.base_state, masks, own, dtype)
+    payload = encode_lacking(weights, state.base_state, masks, own_total, dtype)
     if codec.payload_nbytes(payload) >= codec.dense_fp32_nbytes(state.shapes):
         return None
-    rebuilt = decode_lacking(payload, state.base_state, masks, own, dtype)
-    if dtype == "fp32" and not same_bits(rebuilt, weights):
-        log.warning("down-link: team %r: the rebuilt weights differ; dense weights sent", team)
-        return None
-    return Lacking(payload, fingerprint(rebuilt))
-
-
-def same_bits(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) -> bool:
-    """Whether two float32 states are equal bit for bit (-0.0 and 0.0 differ)."""
-    return a.keys() == b.keys() and all(
-        torch.equal(a[n].view(torch.int32), b[n].to(torch.float32).view(torch.int32)) for n in a
-    )
+    if dtype != "fp32":
+        own = owned_vectors(own_total, masks)
+        sha = fingerprint(decode_lacking(payload, state.base_state, masks, own, dtype))
+    return Lacking(payload, sha)

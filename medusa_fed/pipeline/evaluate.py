@@ -120,7 +120,7 @@ def ask(
         head = heads.get(team)  # the team's own head, if it shared one (a restarted site)
         lack = None
         if not dense and branch == "train" and state.held.get((team, label)) != sha:
-            lack = lacking(state, team, merged, branches.deltas.get(team), "fp32")
+            lack = lacking(state, team, merged, branches.deltas.get(team), "fp32", sha)
         held = light and not dense and state.held.get((team, label)) == sha
         full = None if held or lack is not None else arrays
         mask = codec.encode_mask(state.ownership.mask(team)) if lack and state.ownership else None

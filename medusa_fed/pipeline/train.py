@@ -18,6 +18,7 @@ import logging
 import torch
 
 from medusa_fed import codec
+from medusa_fed.codec.downlink import fingerprint
 from medusa_fed.deltas import SparseDelta, StateDict
 from medusa_fed.errors import MedusaError, PayloadError
 from medusa_fed.merging.rounds import add_round, owned_probe, round_start
@@ -99,10 +100,11 @@ def train_round(
     start_arrays = codec.encode_dense(start) if start is not None else None
     own_from = f"train-round{r - 1}" if r > 1 else ("probe" if cfg.warm else "")
     light: dict[str, Lacking | None] = {}
-    if start is not None:
+    if start is not None and cfg.downlink == "lacking":
+        sha = fingerprint(start)
         for team in todo:
             own = (totals or {}).get(team)
-            light[team] = lacking(state, team, start, own, cfg.downlink_dtype)
+            light[team] = lacking(state, team, start, own, cfg.downlink_dtype, sha)
 
     def build(team: str, dense: bool = False) -> TrainRequest:
         mask = codec.encode_mask(masks[team]) if team in masks else None

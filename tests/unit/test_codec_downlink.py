@@ -31,7 +31,7 @@ def test_fp32_rebuilds_the_weights_bit_for_bit_and_sends_only_unowned_values():
     base, mask, own_total, merged = _setup()
     own = owned_vectors(own_total, mask)
     # Execute
-    payload = encode_lacking(merged, base, mask, own)
+    payload = encode_lacking(merged, base, mask, own_total)
     rebuilt = decode_lacking(payload, base, mask, own)
     # Assert
     for name, m in mask.items():
@@ -47,7 +47,7 @@ def test_owned_values_that_are_not_base_plus_own_travel_as_fixes():
     where = torch.nonzero(mask["a.weight"].reshape(-1)).reshape(-1)[:2]
     merged["a.weight"].view(-1)[where] += 0.5
     # Execute
-    payload = encode_lacking(merged, base, mask, own)
+    payload = encode_lacking(merged, base, mask, own_total)
     rebuilt = decode_lacking(payload, base, mask, own)
     # Assert
     assert payload["a.weight::fix-at"].tolist() == where.tolist()
@@ -61,7 +61,7 @@ def test_half_precision_sends_half_the_bytes_and_keeps_owned_values_exact(dtype)
     base, mask, own_total, merged = _setup(2)
     own = owned_vectors(own_total, mask)
     # Execute
-    payload = encode_lacking(merged, base, mask, own, dtype)  # type: ignore[arg-type]
+    payload = encode_lacking(merged, base, mask, own_total, dtype)  # type: ignore[arg-type]
     rebuilt = decode_lacking(payload, base, mask, own, dtype)  # type: ignore[arg-type]
     # Assert
     for name, m in mask.items():
@@ -77,7 +77,7 @@ def _payload() -> tuple[dict[str, np.ndarray], dict[str, torch.Tensor], ...]:
     base, mask, own_total, merged = _setup(3)
     merged["a.weight"].view(-1)[torch.nonzero(mask["a.weight"].reshape(-1))[0]] += 1.0
     own = owned_vectors(own_total, mask)
-    return encode_lacking(merged, base, mask, own), base, mask, own
+    return encode_lacking(merged, base, mask, own_total), base, mask, own
 
 
 @pytest.mark.parametrize(
