@@ -24,6 +24,8 @@ import torch
 
 from medusa_fed.run_config import RunConfig
 from medusa_fed.rundir import RunDir
+from medusa_fed.training import load_base
+from medusa_fed.training.config import ModelSpec
 from simulations.simulate import parse_teams, simulate
 
 MODES: dict[str, dict[str, str]] = {
@@ -112,13 +114,27 @@ def main() -> None:
     print("\n".join(lines))
     for mode, (mean, seconds) in means.items():
         print(f"{mode:13s} mean merged accuracy {mean:.4f}  ({seconds:.0f} s)")
-    if "dense" in modes and "lacking-fp32" in modes:
-        a = RunDir(Path(args.out) / "dense", readonly=True)
-        b = RunDir(Path(args.out) / "lacking-fp32", readonly=True)
-        x, _ = a.read_tensors("merged/medusa/shared.safetensors")
-        y, _ = b.read_tensors("merged/medusa/shared.safetensors")
-        same = all(torch.equal(x[n].view(torch.int32), y[n].view(torch.int32)) for n in x)
-        print(f"lacking-fp32 merge == dense merge bit for bit: {same}")
+    if "dense" in modes:
+        base = load_base(ModelSpec(source=args.model)).shared_state()
+        compare_merges(Path(args.out), [m for m in modes if m != "dense"], base)
+
+
+def compare_merges(out: Path, modes: list[str], base: dict[str, torch.Tensor]) -> None:
+    """Print how each mode's Medusa merge differs from the dense send's: bit for bit, and the
+    largest absolute difference next to the largest change the merge made to the base."""
+    merge = "merged/medusa/shared.safetensors"
+    dense, _ = RunDir(out / "dense", readonly=True).read_tensors(merge)
+    moved = max(float((dense[n] - base[n]).abs().max()) for n in dense)
+    for mode in modes:
+        merged, _ = RunDir(out / mode, readonly=True).read_tensors(merge)
+        same = all(
+            torch.equal(dense[n].view(torch.int32), merged[n].view(torch.int32)) for n in dense
+        )
+        diff = max(float((merged[n] - dense[n]).abs().max()) for n in dense)
+        print(
+            f"{mode:13s} merge == dense merge bit for bit: {same}; max |difference| {diff:.3g} "
+            f"(the dense merge moved the base by up to {moved:.3g})"
+        )
 
 
 if __name__ == "__main__":

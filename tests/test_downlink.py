@@ -234,9 +234,10 @@ def test_a_merge_the_team_scored_already_is_not_sent_again(
     assert [ARRAYS_KEY in m.content for m in evals(grids[0])] == [True] * 9
     assert [ARRAYS_KEY in m.content for m in evals(grids[1])] == [True] * 3 + [False] * 6
     assert not any(LACK_KEY in m.content for m in evals(grids[1]))
-    # sites that forgot: each later exchange asks light, then sends the weights to all three
-    light_then_dense = [False] * 3 + [True] * 3
-    assert [ARRAYS_KEY in m.content for m in evals(grids[2])] == [True] * 3 + light_then_dense * 2
+    # sites that forgot: the next exchange asks light, then sends the weights to all three; the
+    # coordinator then sends them the weights at once
+    expected = [True] * 3 + [False] * 3 + [True] * 3 + [True] * 3
+    assert [ARRAYS_KEY in m.content for m in evals(grids[2])] == expected
     for report in reports[1:]:
         assert [t["metrics"] for t in report["teams"]] == [
             t["metrics"] for t in reports[0]["teams"]

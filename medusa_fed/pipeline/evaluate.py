@@ -118,10 +118,11 @@ def ask(
 
     def build(team: str, dense: bool = False) -> EvalRequest:
         head = heads.get(team)  # the team's own head, if it shared one (a restarted site)
-        lack = None
-        if not dense and branch == "train" and state.held.get((team, label)) != sha:
-            lack = lacking(state, team, merged, branches.deltas.get(team), "fp32", sha)
         held = light and not dense and state.held.get((team, label)) == sha
+        held = held and team not in state.forgetful
+        lack = None
+        if not dense and not held and branch == "train":
+            lack = lacking(state, team, merged, branches.deltas.get(team), "fp32", sha)
         full = None if held or lack is not None else arrays
         mask = codec.encode_mask(state.ownership.mask(team)) if lack and state.ownership else None
         parts = (full, mask, lack.payload if lack else None)
@@ -142,6 +143,11 @@ def ask(
         )
 
     def dense(team: str) -> EvalRequest:
+        if light and state.held.get((team, label)) == sha and team not in state.forgetful:
+            # its site forgot the merge it scored (a deployment starts a ClientApp process per
+            # message): later merges go to it without the light round trip first
+            log.info("eval: team %r does not keep merges between requests", team)
+            state.forgetful.add(team)
         return build(team, dense=True)
 
     replies = send(state, transport, "eval", build, EvalReply, teams=teams, fallback=dense)

@@ -92,6 +92,7 @@ class RunState:
     bytes: dict[str, dict[str, dict[str, int]]] = field(default_factory=dict)
     # (team, method label) -> fingerprint of the merge the team scored last for that method
     held: dict[tuple[str, str], str] = field(default_factory=dict)
+    forgetful: set[str] = field(default_factory=set)  # teams whose sites did not keep a merge
     timings: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
