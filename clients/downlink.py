@@ -32,7 +32,8 @@ from medusa_fed.merging.rounds import owned_probe
 
 PROBE = "probe"
 _HELD: dict[tuple[str, str], str] = {}  # (team, method label) -> the last merge it scored
-_WEIGHTS: dict[str, StateDict] = {}  # fingerprint -> those weights
+_WEIGHTS: dict[str, StateDict] = {}  # fingerprint -> those weights, oldest first
+MAX_HELD = 4  # merges kept in one process (dense copies; a benchmark scores dozens of methods)
 
 
 def _key(branch: str) -> str:
@@ -121,11 +122,15 @@ def rebuild(
 
 def hold(team: str, label: str, weights: StateDict, sha: str) -> None:
     """Remember the last merged weights ``team`` scored for method ``label`` (one per method;
-    teams in one process that scored the same weights share one copy)."""
+    teams in one process that scored the same weights share one copy; at most ``MAX_HELD``
+    merges, the oldest dropped)."""
     _HELD[team, label] = sha
-    _WEIGHTS[sha] = weights
-    for stale in set(_WEIGHTS) - set(_HELD.values()):
-        del _WEIGHTS[stale]
+    _WEIGHTS.pop(sha, None)
+    _WEIGHTS[sha] = weights  # the newest last
+    while len(_WEIGHTS) > MAX_HELD:
+        del _WEIGHTS[next(iter(_WEIGHTS))]
+    for key in [k for k, v in _HELD.items() if v not in _WEIGHTS]:
+        del _HELD[key]
 
 
 def held(team: str, label: str, expected: str) -> StateDict:
