@@ -14,9 +14,9 @@ from collections.abc import Callable
 from flwr.app import Context, Error, Message
 from flwr.clientapp import ClientApp
 
-from medusa_fed.errors import MedusaError
+from medusa_fed.errors import MedusaError, StateMissing
 from medusa_fed.pipeline.transport import error_reason
-from medusa_fed.protocol import REQUEST_TYPES, Request
+from medusa_fed.protocol import ERROR_RESEND, REQUEST_TYPES, Request
 from medusa_fed.protocol.flower import from_content, to_content
 
 from .team_site import TeamSite, site_for
@@ -39,7 +39,10 @@ def make_client_app(site_factory: Callable[[Context], TeamSite] = site_for) -> C
             return Message(to_content(reply), reply_to=message)
         except Exception as exc:  # noqa: BLE001 - reported to the coordinator, not swallowed
             code = ERROR_MEDUSA if isinstance(exc, MedusaError) else ERROR_UNEXPECTED
-            if code == ERROR_MEDUSA:
+            if isinstance(exc, StateMissing):  # not a fault: the coordinator sends it all
+                code = ERROR_RESEND
+                log.info("%s: %s", kind, exc)
+            elif code == ERROR_MEDUSA:
                 log.error("%s: %s", kind, exc)
             else:
                 log.exception("%s failed", kind)

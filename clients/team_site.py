@@ -26,10 +26,11 @@ from medusa_fed.codec import (
     encode_owned_values,
     encode_sparse_delta,
 )
+from medusa_fed.codec.downlink import fingerprint
 from medusa_fed.codec.layout import Payload
 from medusa_fed.codec.records import arrays_from_record, record_from_arrays
 from medusa_fed.deltas import StateDict
-from medusa_fed.errors import ConfigError, MedusaError
+from medusa_fed.errors import ConfigError, MedusaError, PayloadError
 from medusa_fed.privacy import private_delta, private_probe
 from medusa_fed.protocol import (
     PROTOCOL_VERSION,
@@ -60,6 +61,8 @@ from medusa_fed.training.config import ModelSpec, TrainConfig
 from medusa_fed.training.data import TaskData, TaskSpec, describe, load_task
 from medusa_fed.training.evaluate import evaluate
 from medusa_fed.training.models import BaseModel, load_base
+
+from . import downlink
 
 log = logging.getLogger(__name__)
 
@@ -218,18 +221,39 @@ class TeamSite:
         sparse = result.sparse
         if settings.dp_clip > 0:  # the privacy option: clip + Gaussian noise on the values sent
             sparse = private_probe(sparse, settings.dp_clip, settings.dp_noise)
+        payload = encode_sparse_delta(sparse)
+        assert self.state is not None
+        downlink.keep_probe(self.state, payload)  # a warm start's own total begins with it
         return ProbeReply(
             sender=self.sender(settings),
-            delta=encode_sparse_delta(sparse),
+            delta=payload,
             metrics={k: float(v) for k, v in result.metrics.items()},
         )
 
     def train(self, request: TrainRequest) -> BranchReply:
         """One TRAIN round: masked (owned values back, in mask order) or, for an uncontrolled
         team, free (its dense delta back)."""
-        shapes = self.base(request.settings).shapes
-        mask = decode_mask(request.mask, shapes) if request.mask is not None else None
-        start = decode_dense(request.start, shapes) if request.start is not None else None
+        assert self.state is not None
+        base = self.base(request.settings)
+        mask = decode_mask(request.mask, base.shapes) if request.mask is not None else None
+        start = decode_dense(request.start, base.shapes) if request.start is not None else None
+        if request.lack is not None:  # only what the team lacks: rebuilt with its own total
+            if mask is None:
+                raise PayloadError(
+                    f"team {self.team.name!r}: round {request.round} sent the values this team "
+                    "lacks without its mask; expected both (or a dense start)"
+                )
+            start = downlink.rebuild(
+                self.state,
+                self.team.name,
+                f"round {request.round}'s start",
+                request.lack,
+                base.shared_state(),
+                mask,
+                request.own_from,
+                request.downlink_dtype,
+                request.start_fingerprint,
+            )
         head = self.round_head(request)
         result = self.finetune(
             request.settings,
@@ -245,6 +269,8 @@ class TeamSite:
             noised = private_delta(result.delta, mask, settings.dp_clip, settings.dp_noise)
             result = replace(result, delta=noised)
         payload = encode_owned_values(result.delta, mask) if mask is not None else None
+        if mask is not None and payload is not None:  # the next start is rebuilt with it
+            downlink.keep_own_total(self.state, request.own_from, request.branch, mask, payload)
         return self._branch_reply(settings, payload, result)
 
     def free(self, request: FreeRequest) -> BranchReply:
@@ -344,7 +370,7 @@ class TeamSite:
         settings = request.settings
         base = self.base(settings)
         data = self.data(settings)
-        shared = decode_dense(request.shared, base.shapes)
+        shared = self.merged_weights(request, base)
         kept = self.kept_head(request.branch)
         head = kept
         if head is None and request.head is not None:
@@ -379,7 +405,40 @@ class TeamSite:
             device=self.team.device,
         )
         sent = encode_dense(refit) if refit is not None and self.team.share_head else None
+        downlink.hold(self.team.name, request.method_label, shared, request.fingerprint)
         return EvalReply(metrics=metrics, head=sent)
+
+    def merged_weights(self, request: EvalRequest, base: BaseModel) -> StateDict:
+        """The merged weights of an EVAL: sent dense, rebuilt from what the team lacks, or the
+        ones it scored last; their fingerprint must be the coordinator's."""
+        assert self.state is not None
+        name, label = self.team.name, request.method_label
+        if request.shared is not None:
+            shared = decode_dense(request.shared, base.shapes)
+            if (found := fingerprint(shared)) != request.fingerprint:
+                raise PayloadError(
+                    f"team {name!r}: {label} merged weights arrived with fingerprint "
+                    f"{found[:12]}..., expected {request.fingerprint[:12]}...; not scored"
+                )
+            return shared
+        if request.lack is None:
+            return downlink.held(name, label, request.fingerprint)
+        if request.mask is None:
+            raise PayloadError(
+                f"team {name!r}: {label} sent the values this team lacks without its mask; "
+                "expected both (or the dense weights)"
+            )
+        return downlink.rebuild(
+            self.state,
+            name,
+            f"{label} merged weights",
+            request.lack,
+            base.shared_state(),
+            decode_mask(request.mask, base.shapes),
+            request.own_from,
+            "fp32",  # EVAL scores exactly what was merged
+            request.fingerprint,
+        )
 
 
 def show_progress() -> None:

@@ -33,3 +33,8 @@ class ModelError(MedusaError):
 
 class StoreError(MedusaError):
     """A run directory or store entry is missing, corrupt, or fails its hash check."""
+
+
+class StateMissing(MedusaError):
+    """A team site lacks what a light request relies on (it restarted, or the weights it rebuilt
+    fail their fingerprint); the coordinator sends that team the full payload instead."""

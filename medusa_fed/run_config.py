@@ -12,12 +12,14 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal, get_args
 
+from medusa_fed.codec.downlink import DownlinkDtype
 from medusa_fed.errors import ConfigError
 from medusa_fed.merging.spec import OWNERSHIP_METHODS, MergeChoice
 from medusa_fed.ownership.assign import OwnershipUnit, Policy, Unselected
 from medusa_fed.training.config import Family, Method, family_of
 
 ProbeWeights = Literal["rank", "magnitude"]
+Downlink = Literal["lacking", "dense"]
 
 
 @dataclass(frozen=True)
@@ -70,6 +72,14 @@ class RunConfig:
     # shared elements; its shared-tensor lr is lr times this (the head's lr, the probe, the
     # uncontrolled teams and the baselines' branches stay at lr)
     masked_lr_scale: float = 1.0
+    # what a round's start (and Medusa's merged weights in EVAL) costs a controlled team on the
+    # down-link: "lacking" sends only the other teams' owned values (the team rebuilds its own from
+    # what it holds, checked by fingerprint; a site that lost them gets the dense weights), "dense"
+    # the whole dense fp32 weights. Both give the same results bit for bit at downlink-dtype fp32
+    downlink: Downlink = "lacking"
+    # how "lacking" sends the other teams' values: fp32 as they are (bit-exact), fp16 / bf16 their
+    # difference from the base (half the bytes, lossy: docs/benchmarks.md, "Down-link bytes")
+    downlink_dtype: DownlinkDtype = "fp32"
     batch_size: int = 16
     max_length: int = 128
     max_train: int = 1000  # examples per team (a team's node config may lower it)
@@ -113,6 +123,13 @@ class RunConfig:
                 f"ownership-unit = lora-rank: expected method = lora, found {self.method!r}"
             )
         choice("probe-weights", self.probe_weights, get_args(ProbeWeights))
+        choice("downlink", self.downlink, get_args(Downlink))
+        choice("downlink-dtype", self.downlink_dtype, get_args(DownlinkDtype))
+        if self.downlink == "dense" and self.downlink_dtype != "fp32":
+            raise ConfigError(
+                f"downlink-dtype = {self.downlink_dtype}: expected fp32 with downlink = dense "
+                "(only the 'lacking' down-link compresses)"
+            )
         if not 0.0 < self.max_share <= 1.0:  # NaN fails too
             raise ConfigError(f"max-share must be in (0, 1] (1 = no cap), found {self.max_share}")
         if not (self.dp_clip >= 0 and self.dp_noise >= 0 and math.isfinite(self.dp_clip)):

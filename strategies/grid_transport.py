@@ -15,7 +15,7 @@ from flwr.serverapp import Grid
 
 from medusa_fed.errors import MedusaError
 from medusa_fed.pipeline.transport import Failure
-from medusa_fed.protocol import REPLY_TYPE, Reply, Request
+from medusa_fed.protocol import ERROR_RESEND, REPLY_TYPE, Reply, Request
 from medusa_fed.protocol.flower import from_content, to_content
 
 log = logging.getLogger(__name__)
@@ -47,7 +47,8 @@ class GridTransport:
         for reply in self.grid.send_and_receive(messages, timeout=timeout_s):
             node = reply.metadata.src_node_id
             if reply.has_error():
-                out.append((node, Failure(f"error reply: {reply.error.reason}")))
+                resend = reply.error.code == ERROR_RESEND  # the site lacks a light request's state
+                out.append((node, Failure(f"error reply: {reply.error.reason}", resend)))
                 continue
             if node not in expected:
                 out.append((node, Failure("reply from a node that was not asked")))

@@ -208,7 +208,7 @@ def test_two_rounds_continue_from_the_merge_with_the_same_masks(tiny_bert, tiny_
     # Prepare
     grid = _grid(tiny_tasks)
     # Execute: the same two epochs, split into two rounds
-    report, strategy = _run(tiny_bert, tmp_path / "run", grid, epochs=2, rounds=2)
+    report, strategy = _run(tiny_bert, tmp_path / "run", grid, epochs=2, rounds=2, downlink="dense")
     # Assert: every team trained twice, one epoch each, round 2 from the round-1 merge
     run = RunDir(tmp_path / "run", readonly=True)
     sent = _sent(grid, MSG_TRAIN)
@@ -256,7 +256,7 @@ def test_two_rounds_continue_from_the_merge_with_the_same_masks(tiny_bert, tiny_
     assert all("before" in t["metrics"] for t in report["teams"])  # floor kept from round 1
     # a restart asks nothing again and reproduces the result
     again = _grid(tiny_tasks)
-    second, _ = _run(tiny_bert, tmp_path / "run", again, epochs=2, rounds=2)
+    second, _ = _run(tiny_bert, tmp_path / "run", again, epochs=2, rounds=2, downlink="dense")
     assert _sent(again, MSG_TRAIN) == []
     assert [t["metrics"]["merged"] for t in second["teams"]] == [
         t["metrics"]["merged"] for t in report["teams"]
@@ -271,7 +271,13 @@ def test_warm_start_round_one_starts_from_the_owned_probe_values(
     grid = _grid(tiny_tasks)
     # Execute
     report, strategy = _run(
-        tiny_bert, tmp_path / "run", grid, epochs=3, rounds=rounds, **{"warm-start": True}
+        tiny_bert,
+        tmp_path / "run",
+        grid,
+        epochs=3,
+        rounds=rounds,
+        downlink="dense",  # the start's every value is checked (test_downlink: the same bits)
+        **{"warm-start": True},
     )
     # Assert: the rounds train the other two epochs, round 1 from base + owned probe values
     run = RunDir(tmp_path / "run", readonly=True)
@@ -439,7 +445,7 @@ def test_masked_lr_scale_reaches_masked_training_only(tiny_bert, tiny_tasks, tmp
 
 def _round(r: int, head_from: str) -> TrainRequest:
     settings = Settings("m", "encoder-classifier", "full", 1.0, 0, 0.0, 8, 16, 10, 10, 0, False)
-    return TrainRequest(settings, r, 2, "train", head_from, 1.0, 1.0, 0)
+    return TrainRequest(settings, r, 2, "train", head_from, 1.0, 1.0, 0, "", "", "fp32")
 
 
 def test_round_head_continues_the_probe_head_or_starts_fresh_when_it_is_gone():

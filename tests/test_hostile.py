@@ -154,7 +154,11 @@ def test_a_restart_with_other_settings_is_refused_naming_the_keys(run, tmp_path)
         run(assignment="argmax")
     with pytest.raises(ConfigError, match=r"seed: 0 -> 3"):
         run(seed=3)
+    with pytest.raises(ConfigError, match=r"downlink-dtype: 'fp32' -> 'fp16'"):
+        run(**{"downlink-dtype": "fp16"})
     report, _ = run(**{"stage-timeout-s": 5})  # a setting that changes nothing stored
+    assert set(_status(report).values()) == {"ok"}
+    report, _ = run(downlink="dense")  # how the weights travel: the same results at fp32
     assert set(_status(report).values()) == {"ok"}
 
 

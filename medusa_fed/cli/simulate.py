@@ -101,6 +101,17 @@ def simulate(
             "(default: the run config's)."
         ),
     ] = None,
+    downlink: Annotated[
+        str | None,
+        Option(
+            help="lacking: a round's start costs a team only the other teams' values; dense: the "
+            "whole weights (default: the run config's)."
+        ),
+    ] = None,
+    downlink_dtype: Annotated[
+        str | None,
+        Option(help="fp32 (bit-exact), fp16 or bf16 for the lacking down-link (default: fp32)."),
+    ] = None,
     refit_epochs: Annotated[
         float | None,
         Option(help="Head re-fit epochs on each merged model, 0 = off (default: run config's)."),
@@ -179,6 +190,8 @@ def simulate(
             | ({"refit-epochs": refit_epochs} if refit_epochs is not None else {})
             | ({"warm-start": warm_start} if warm_start is not None else {})
             | ({"masked-lr-scale": masked_lr_scale} if masked_lr_scale is not None else {})
+            | ({"downlink": downlink} if downlink is not None else {})
+            | ({"downlink-dtype": downlink_dtype} if downlink_dtype is not None else {})
         )
         team_list = parse_teams(teams, [u.strip() for u in uncontrolled.split(",") if u.strip()])
         if backend not in ("ray", "inprocess"):

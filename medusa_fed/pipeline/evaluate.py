@@ -15,9 +15,11 @@ import math
 import statistics
 
 from medusa_fed import codec
+from medusa_fed.codec.downlink import fingerprint
 from medusa_fed.deltas import StateDict
 from medusa_fed.errors import MedusaError, PayloadError
 from medusa_fed.merging.spec import MergeChoice
+from medusa_fed.pipeline.downlink import lacking
 from medusa_fed.pipeline.merge import Candidate, branch_of, choices, keep, merge_one, slug
 from medusa_fed.pipeline.state import Branches, RunState, send
 from medusa_fed.pipeline.transport import Transport
@@ -101,14 +103,31 @@ def ask(
     teams: list[str] | None,
 ) -> dict[str, dict[str, float]]:
     """One EVAL exchange: the merged shared weights to each team, its metrics back. On test,
-    each reply is stored (and a re-fitted head beside it)."""
+    each reply is stored (and a re-fitted head beside it).
+
+    A team gets nothing heavy when it holds these weights already (the last merge of this
+    method it scored, by fingerprint), only the values it lacks of the run's Medusa merge
+    (``downlink = lacking``), else the dense weights (and the dense weights whenever its site
+    cannot rebuild them)."""
     branch, branches = branch_of(state, label)
     heads = branches.heads
     arrays = codec.encode_dense(merged)
+    sha = fingerprint(merged)
     refit = state.config.refit_epochs if split == "test" else 0.0
+    sent: dict[str, int] = {}
+    light = state.config.downlink == "lacking"
 
-    def build(team: str) -> EvalRequest:
+    def build(team: str, dense: bool = False) -> EvalRequest:
         head = heads.get(team)  # the team's own head, if it shared one (a restarted site)
+        held = light and not dense and state.held.get((team, label)) == sha
+        held = held and team not in state.forgetful
+        lack = None
+        if not dense and not held and branch == "train":
+            lack = lacking(state, team, merged, branches.deltas.get(team), "fp32", sha)
+        full = None if held or lack is not None else arrays
+        mask = codec.encode_mask(state.ownership.mask(team)) if lack and state.ownership else None
+        parts = (full, mask, lack.payload if lack else None)
+        sent[team] = sent.get(team, 0) + sum(codec.payload_nbytes(p) for p in parts if p)
         return EvalRequest(
             settings=state.settings(),
             method_label=label,
@@ -116,11 +135,23 @@ def ask(
             refit_epochs=refit,
             refit_lr=state.config.refit_lr,
             split=split,
-            shared=arrays,
+            fingerprint=sha,
+            own_from="train" if lack else "",
+            shared=full,
+            lack=lack.payload if lack else None,
+            mask=mask,
             head=codec.encode_dense(head) if head else None,
         )
 
-    replies = send(state, transport, "eval", build, EvalReply, teams=teams)
+    def dense(team: str) -> EvalRequest:
+        if light and state.held.get((team, label)) == sha and team not in state.forgetful:
+            # its site forgot the merge it scored (a deployment starts a ClientApp process per
+            # message): later merges go to it without the light round trip first
+            log.info("eval: team %r does not keep merges between requests", team)
+            state.forgetful.add(team)
+        return build(team, dense=True)
+
+    replies = send(state, transport, "eval", build, EvalReply, teams=teams, fallback=dense)
     out: dict[str, dict[str, float]] = {}
     for team, reply in replies.items():
         try:
@@ -129,6 +160,7 @@ def ask(
             state.drop(team, "eval", f"metrics rejected: {exc}")
             continue
         out[team] = metrics
+        state.held[team, label] = sha  # the site keeps the last merge it scored
         if split != "test":
             continue
         try:
@@ -142,7 +174,7 @@ def ask(
         entry = state.bytes.setdefault(team, {}).setdefault(
             "eval", {"sent": 0, "received": 0, "dense_fp32": 0}
         )
-        entry["sent"] += codec.payload_nbytes(arrays)
+        entry["sent"] += sent[team]
         entry["dense_fp32"] += codec.dense_fp32_nbytes(state.shapes)
     return out
 

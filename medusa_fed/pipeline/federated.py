@@ -99,6 +99,9 @@ def ask_round(
             masked_lr_scale=1.0,
             budget_epochs=cfg.epochs,
             budget_max_steps=cfg.max_steps,
+            own_from="",  # an anchor's teams train unmasked: they get the dense merge
+            start_fingerprint="",
+            downlink_dtype="fp32",
             start=start,
             head=codec.encode_dense(heads[team]) if heads.get(team) else None,
         )

@@ -85,9 +85,20 @@ def run_stages(state: RunState, transport: Transport, *, history: bool = True) -
 
 # Keys that change nothing already stored: where the run writes, how long it waits, how many teams
 # it needs, which methods it also compares (each is stored under its own label), which node id is
-# which team (node ids change when SuperNodes register again).
+# which team (node ids change when SuperNodes register again), how starts and merges travel
+# (downlink alone changes no result: a downlink-dtype other than fp32 needs "lacking", and a changed
+# downlink-dtype is refused).
 RESTART_FREE = frozenset(
-    {"out-dir", "store", "stage-timeout-s", "min-teams", "compare", "federated", "team-nodes"}
+    {
+        "out-dir",
+        "store",
+        "stage-timeout-s",
+        "min-teams",
+        "compare",
+        "federated",
+        "team-nodes",
+        "downlink",
+    }
 )
 
 

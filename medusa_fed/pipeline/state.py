@@ -90,6 +90,9 @@ class RunState:
     validation: dict[str, float] = field(default_factory=dict)  # label -> mean val. accuracy
     eval_metrics: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
     bytes: dict[str, dict[str, dict[str, int]]] = field(default_factory=dict)
+    # (team, method label) -> fingerprint of the merge the team scored last for that method
+    held: dict[tuple[str, str], str] = field(default_factory=dict)
+    forgetful: set[str] = field(default_factory=set)  # teams whose sites did not keep a merge
     timings: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -171,30 +174,24 @@ def send(
     build: Callable[[str], Request],
     expect: type[R],
     teams: list[str] | None = None,
+    fallback: Callable[[str], Request] | None = None,
 ) -> dict[str, R]:
     """Send each team its own request (``build(team)``) and return the good replies by team,
     in arrival order. Everything else is rejected with its reason (and the team dropped, except
-    for a duplicate, where the first reply is kept)."""
+    for a duplicate, where the first reply is kept). A team whose site lacks what a light
+    request relied on (a ``resend`` failure) is sent ``fallback(team)`` (the full payload) once."""
     roster = state.roster
     targets = roster.active if teams is None else teams
-    requests: Mapping[int, Request] = {roster.node_of[t]: build(t) for t in targets}
     started = time.monotonic()
     timeout = state.config.stage_timeout_s
-    log.info("%s: sent %d request(s), waiting up to %.0f s", stage, len(requests), timeout)
     got: dict[str, R] = {}
-    for node, reply in transport.exchange(stage, requests, timeout):
-        team = roster.team_of(node)
-        if team is None or team not in targets:
-            log.warning("%s: reply from unexpected node %s dropped", stage, node)
-        elif team in got:
-            state.reject(team, stage, "duplicated reply (the first one is kept)")
-            log.warning("%s: team %r: duplicated reply (the first one is kept)", stage, team)
-        elif isinstance(reply, Failure):
-            state.drop(team, stage, reply.reason)
-        elif not isinstance(reply, expect):
-            state.drop(team, stage, f"expected a {expect.__name__}, found a {type(reply).__name__}")
-        else:
-            got[team] = reply
+    resend = _exchange(state, transport, stage, {t: build(t) for t in targets}, expect, got)
+    if resend and fallback is not None:
+        log.info("%s: %d team(s) lack the state to rebuild: full payload sent", stage, len(resend))
+        _exchange(state, transport, stage, {t: fallback(t) for t in resend}, expect, got)
+    else:
+        for team, reason in resend.items():
+            state.drop(team, stage, reason)
     for team in targets:
         if team not in got and team not in roster.left_out:
             state.drop(team, stage, f"no reply within {timeout:.0f} s")
@@ -228,3 +225,36 @@ def settings_of(
         dp_clip=c.dp_clip,
         dp_noise=c.dp_noise,
     )
+
+
+def _exchange(
+    state: RunState,
+    transport: Transport,
+    stage: str,
+    requests: Mapping[str, Request],
+    expect: type[R],
+    got: dict[str, R],
+) -> dict[str, str]:
+    """One exchange of :func:`send`: good replies go into ``got``; returns the teams that asked
+    for the full payload (``resend`` failures), with their reasons."""
+    roster = state.roster
+    timeout = state.config.stage_timeout_s
+    log.info("%s: sent %d request(s), waiting up to %.0f s", stage, len(requests), timeout)
+    by_node = {roster.node_of[t]: r for t, r in requests.items()}
+    resend: dict[str, str] = {}
+    for node, reply in transport.exchange(stage, by_node, timeout):
+        team = roster.team_of(node)
+        if team is None or team not in requests:
+            log.warning("%s: reply from unexpected node %s dropped", stage, node)
+        elif team in got or team in resend:
+            state.reject(team, stage, "duplicated reply (the first one is kept)")
+            log.warning("%s: team %r: duplicated reply (the first one is kept)", stage, team)
+        elif isinstance(reply, Failure) and reply.resend:
+            resend[team] = reply.reason
+        elif isinstance(reply, Failure):
+            state.drop(team, stage, reply.reason)
+        elif not isinstance(reply, expect):
+            state.drop(team, stage, f"expected a {expect.__name__}, found a {type(reply).__name__}")
+        else:
+            got[team] = reply
+    return resend

@@ -18,9 +18,11 @@ import logging
 import torch
 
 from medusa_fed import codec
+from medusa_fed.codec.downlink import fingerprint
 from medusa_fed.deltas import SparseDelta, StateDict
 from medusa_fed.errors import MedusaError, PayloadError
 from medusa_fed.merging.rounds import add_round, owned_probe, round_start
+from medusa_fed.pipeline.downlink import Lacking, lacking
 from medusa_fed.pipeline.probe import load_probes
 from medusa_fed.pipeline.state import Branches, RunState, send
 from medusa_fed.pipeline.transport import Transport
@@ -44,7 +46,7 @@ def train(state: RunState, transport: Transport) -> None:
     for r in range(1, rounds + 1):
         stage = f"train-round{r}"
         start = next_start(state, total) if total else None
-        train_round(state, transport, stage, r, start, last.heads)
+        train_round(state, transport, stage, r, start, last.heads, total)
         last = Branches()
         load_branches(state, stage, last)
         for team, delta in last.deltas.items():
@@ -83,18 +85,35 @@ def train_round(
     r: int,
     start: StateDict | None,
     heads: dict[str, StateDict],
+    totals: dict[str, StateDict] | None = None,
 ) -> None:
-    """One round of TRAIN: ask every team without a stored reply, store what comes back."""
+    """One round of TRAIN: ask every team without a stored reply, store what comes back.
+
+    ``totals`` are the teams' branches ``start`` was merged from: a controlled team is sent only
+    the values of ``start`` it lacks (``downlink = lacking``), the dense start if its site lost
+    its own total."""
     assert state.ownership is not None
     cfg = state.config
     teams = state.usable(stage)
     todo = [t for t in teams if not branch_stored(state, t, stage)]
     masks = {t: state.ownership.mask(t) for t in teams if state.roster.controlled(t)}
     start_arrays = codec.encode_dense(start) if start is not None else None
+    own_from = f"train-round{r - 1}" if r > 1 else ("probe" if cfg.warm else "")
+    light: dict[str, Lacking | None] = {}
+    if start is not None and cfg.downlink == "lacking":
+        sha = fingerprint(start)
+        for team in todo:
+            own = (totals or {}).get(team)
+            light[team] = lacking(state, team, start, own, cfg.downlink_dtype, sha)
 
-    def build(team: str) -> TrainRequest:
+    def build(team: str, dense: bool = False) -> TrainRequest:
         mask = codec.encode_mask(masks[team]) if team in masks else None
-        sent = sum(codec.payload_nbytes(p) for p in (mask, start_arrays) if p is not None)
+        lack = None if dense else light.get(team)
+        full = start_arrays if lack is None else None
+        payloads = (mask, full, lack.payload if lack else None)
+        sent = sum(codec.payload_nbytes(p) for p in payloads if p is not None)
+        if dense:  # the fallback: the light request went out first
+            sent += state.bytes.get(team, {}).get(stage, {}).get("sent", 0)
         state.count(team, stage, sent=sent, received=0)
         return TrainRequest(
             settings=state.settings(cfg.round_epochs, cfg.round_max_steps),
@@ -105,12 +124,19 @@ def train_round(
             masked_lr_scale=cfg.masked_lr_scale,  # read by controlled teams only
             budget_epochs=cfg.epochs,  # the whole budget: what the floor head trains for
             budget_max_steps=cfg.max_steps,
+            own_from=own_from if team in masks else "",
+            start_fingerprint=lack.fingerprint if lack else "",
+            downlink_dtype=cfg.downlink_dtype,
             mask=mask,
-            start=start_arrays,
+            start=full,
+            lack=lack.payload if lack else None,
             head=codec.encode_dense(heads[team]) if heads.get(team) else None,
         )
 
-    replies = send(state, transport, stage, build, BranchReply, teams=todo)
+    def dense(team: str) -> TrainRequest:
+        return build(team, dense=True)
+
+    replies = send(state, transport, stage, build, BranchReply, teams=todo, fallback=dense)
     probes = load_probes(state) if cfg.update_norm_ratio > 0 else {}
     for team, reply in replies.items():
         bound = None

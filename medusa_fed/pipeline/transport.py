@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
-from medusa_fed.errors import MedusaError
+from medusa_fed.errors import MedusaError, StateMissing
 from medusa_fed.protocol import REPLY_TYPE, Reply, Request
 
 log = logging.getLogger(__name__)
@@ -22,9 +22,11 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Failure:
-    """A node answered with an error, or its reply could not be decoded."""
+    """A node answered with an error, or its reply could not be decoded. ``resend``: the site
+    lacks what a light request relied on (StateMissing); it is sent the full payload instead."""
 
     reason: str
+    resend: bool = False
 
 
 class Transport(Protocol):
@@ -82,8 +84,10 @@ class DirectTransport:
             try:
                 reply = self.handlers[node](request)
             except Exception as exc:  # noqa: BLE001 - reported as the team's failure
-                log.error("%s: node %d: %s", stage, node, str(exc).splitlines()[0])
-                out.append((node, Failure(f"error reply: {error_reason(exc)}")))
+                resend = isinstance(exc, StateMissing)
+                level = logging.INFO if resend else logging.ERROR
+                log.log(level, "%s: node %d: %s", stage, node, str(exc).splitlines()[0])
+                out.append((node, Failure(f"error reply: {error_reason(exc)}", resend)))
                 continue
             expected = REPLY_TYPE[type(request)]
             if not isinstance(reply, expected):

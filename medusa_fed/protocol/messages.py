@@ -24,6 +24,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import ClassVar, Literal
 
+from medusa_fed.codec.downlink import DownlinkDtype
 from medusa_fed.codec.layout import Payload
 from medusa_fed.errors import PayloadError
 from medusa_fed.training.config import Family, Method, ModelSpec, TrainConfig
@@ -35,7 +36,12 @@ CONFIG_KEY = "config"  # ConfigRecord: every scalar field, kebab-case
 ARRAYS_KEY = "arrays"  # ArrayRecord: the main payload (mask, delta, merged weights)
 START_KEY = "start"  # ArrayRecord: shared weights a round starts from
 HEAD_KEY = "head"  # ArrayRecord: a team's own classification head (never merged)
+LACK_KEY = "lack"  # ArrayRecord: the weights a team lacks (codec.downlink)
+MASK_KEY = "mask"  # ArrayRecord: the team's mask, when EVAL sends only what the team lacks
 METRICS_KEY = "metrics"  # MetricRecord: metrics
+# Flower error code of a team site that lacks what a light request relies on (StateMissing): the
+# coordinator sends it the full payload instead
+ERROR_RESEND = 3
 
 Split = Literal["validation", "test"]
 
@@ -138,8 +144,15 @@ class TrainRequest:
     masked_lr_scale: float  # shared-tensor lr multiplier of masked training
     budget_epochs: float  # the run's whole budget: what the floor head trains for
     budget_max_steps: int
+    # the down-link (codec.downlink): with ``lack`` set the start is rebuilt from it, the base
+    # and the team's own total kept after ``own_from`` ("probe" = its probe values); its sha256
+    # must be ``start_fingerprint``. ``downlink_dtype`` says how ``lack`` is encoded
+    own_from: str  # the branch whose own total this round adds to ("" = none: round 1, cold)
+    start_fingerprint: str  # "" when no start is sent
+    downlink_dtype: DownlinkDtype
     mask: Payload | None = field(default=None, metadata=record(ARRAYS_KEY))
     start: Payload | None = field(default=None, metadata=record(START_KEY))  # merge so far
+    lack: Payload | None = field(default=None, metadata=record(LACK_KEY))  # what the team lacks
     head: Payload | None = field(default=None, metadata=record(HEAD_KEY))  # the team's last head
 
 
@@ -168,7 +181,14 @@ class EvalRequest:
     refit_epochs: float  # > 0: re-fit the head on the merged encoder first
     refit_lr: float
     split: Split  # "validation" to choose a merge's settings, "test" to report
-    shared: Payload = field(metadata=record(ARRAYS_KEY))  # merged shared weights (dense)
+    # sha256 of the merged weights (codec.downlink.fingerprint). One of three ways they come:
+    # ``shared`` (dense); ``lack`` + ``mask`` (rebuilt with the team's own total of ``own_from``);
+    # neither: the team holds them already (the last merge it scored)
+    fingerprint: str
+    own_from: str  # the branch whose own total ``lack`` completes ("" with no ``lack``)
+    shared: Payload | None = field(default=None, metadata=record(ARRAYS_KEY))
+    lack: Payload | None = field(default=None, metadata=record(LACK_KEY))
+    mask: Payload | None = field(default=None, metadata=record(MASK_KEY))
     head: Payload | None = field(default=None, metadata=record(HEAD_KEY))
 
 
@@ -250,6 +270,9 @@ __all__ = [
     "START_KEY",
     "HEAD_KEY",
     "METRICS_KEY",
+    "LACK_KEY",
+    "MASK_KEY",
+    "ERROR_RESEND",
     "Split",
     "Settings",
     "Sender",

@@ -35,10 +35,30 @@ MESSAGES = [
     HelloReply("legal", "legal.csv", False, "f" * 64, ("neg", "pos"), 10, 5, 1),
     ProbeRequest(SETTINGS, 0.2),
     ProbeReply(Sender("legal", "f" * 64), ARRAYS, {"loss": 0.5}),
-    TrainRequest(SETTINGS, 2, 2, "train", "train-round1", 3.0, 2.0, 0, mask=ARRAYS, head=ARRAYS),
+    TrainRequest(
+        SETTINGS,
+        2,
+        2,
+        "train",
+        "train-round1",
+        3.0,
+        2.0,
+        0,
+        "train-round1",
+        "f" * 64,
+        "bf16",
+        mask=ARRAYS,
+        lack=ARRAYS,
+        head=ARRAYS,
+    ),
     FreeRequest(SETTINGS),
     BranchReply(Sender("legal", "f" * 64), ARRAYS, None, {"alone_accuracy": 0.75}),
-    EvalRequest(SETTINGS, "ties:density=0.2", "baseline", 1.0, 1e-3, "validation", ARRAYS),
+    EvalRequest(
+        SETTINGS, "ties:density=0.2", "baseline", 1.0, 1e-3, "validation", "f" * 64, "", ARRAYS
+    ),
+    EvalRequest(
+        SETTINGS, "medusa", "train", 0.0, 1e-3, "test", "f" * 64, "train", lack=ARRAYS, mask=ARRAYS
+    ),
     EvalReply({"accuracy": 1.0}, ARRAYS),
 ]
 
