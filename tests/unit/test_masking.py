@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import save_file
 from torch import nn
@@ -26,6 +26,8 @@ def _train(model: nn.Module, opt: torch.optim.Optimizer, steps: int, seed: int) 
     for _ in range(steps):
         x = torch.randn(5, 6, generator=gen).to(device)
         loss = model(x).pow(2).mean()
+        if not loss.requires_grad:  # the masks own nothing: every tensor frozen, as in loop.py
+            return
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -43,6 +45,7 @@ DEVICES = ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]  # whatever 
 
 @pytest.mark.parametrize("device", DEVICES)
 @settings(max_examples=15, deadline=None)
+@example(seed=292, density=0.05, kind="adamw")  # every mask all-False: nothing trainable
 @given(
     seed=st.integers(0, 10_000),
     density=st.floats(0.05, 1.0),
