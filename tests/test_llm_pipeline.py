@@ -119,3 +119,24 @@ def test_teams_bring_their_own_instruction_files(tiny_llama, tiny_run_config, tm
         assert "happy" not in json.dumps(hello)  # no answer leaves a site
     table = render_table(report)
     assert "accuracy (%) per team" in table and "exact_match (%) per team" in table
+
+
+def test_the_llm_budget_sweep_scores_validation_only(tiny_llama, tiny_tasks, tmp_path, capsys):  # type: ignore[no-untyped-def]
+    from simulations.llm_budget import main
+
+    # Execute: one task, two budgets
+    out = tmp_path / "budget.json"
+    main(
+        [
+            "--model", str(tiny_llama), "--tasks", str(tiny_tasks["alpha"]), "--lrs", "1e-3,3e-3",
+            "--epochs", "1", "--max-train", "16", "--max-validation", "8", "--max-length", "48",
+            "--out", str(out),
+        ]
+    )  # fmt: skip
+    # Assert: a before score and one after score per budget, in the JSON and the table
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["task"] for r in rows] == [str(tiny_tasks["alpha"])]
+    assert set(rows[0]["after"]) == {"lr 0.001, 1 ep", "lr 0.003, 1 ep"}
+    assert 0.0 <= rows[0]["before"]["accuracy"] <= 1.0
+    table = capsys.readouterr().out
+    assert "| task | before | lr 0.001, 1 ep | lr 0.003, 1 ep |" in table
