@@ -68,6 +68,17 @@ FULL_GRID: tuple[str, ...] = (
     "iso_cts:common_fraction=0.5|0.8:scale=0.5|1|1.5|2",
 )
 
+# A causal LM scores every grid candidate by running each validation prompt per team: one or
+# two candidates per method keep a seed of the LLM budget below within about 40 min on 2 cores
+LLM_GRID: tuple[str, ...] = (
+    "linear",
+    "task_arithmetic:scale=0.5|1",
+    "ties:density=0.2:scale=1",
+    "dare_ties:drop_rate=0.9:scale=1",
+    "tsv_m:scale=1",
+    "iso_c:scale=1",
+)
+
 
 def label(team: str) -> str:
     """A team's name in tables: the bundled task name, or its data file's stem."""
@@ -176,6 +187,11 @@ class Bench:
         self.base = load_base(ModelSpec(source=self.cfg.model, method=self.cfg.method))  # type: ignore[arg-type]
         self.sites = CachedSites(self._site)
 
+    @property
+    def floor_name(self) -> str:
+        """The floor's row: an encoder's head trained alone, or a causal LM untuned."""
+        return "floor (head only)" if self.base.is_classifier else "untuned"
+
     def say(self, message: str) -> None:
         (self.progress or (lambda m: log.info("%s", m)))(message)
 
@@ -222,7 +238,7 @@ class Bench:
         floor = {x.name: self.floor.get((x.name, seed)) for x in outcome.teams}
         if self.cfg.floor and all(v is not None for v in floor.values()):
             cells.append(
-                Cell(setting, seed, "floor (head only)", {}, float("nan"), floor, 0.0)  # type: ignore[arg-type]
+                Cell(setting, seed, self.floor_name, {}, float("nan"), floor, 0.0)  # type: ignore[arg-type]
             )
         for method in outcome.methods[1:]:
             cell = self._cell(outcome, setting, seed, method, method.split(":")[0])

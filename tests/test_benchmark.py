@@ -183,6 +183,24 @@ def test_bench_modes_settings_and_variants():
         bench_config("quick", "full", "", "rounds9")
 
 
+def test_bench_llm_budget_is_its_own():
+    import typer
+
+    from medusa_fed.cli.bench import LLM_LR, LLM_TEAMS, bench_config
+
+    # Execute: no model is loaded to build a config
+    lora = bench_config("quick", "lora", "", "default,lora-rank", model="smollm2-135m-instruct")
+    ia3 = bench_config("quick", "ia3", "", "", model="SmolLM2-135M-Instruct")
+    # Assert: one 3-team setting, 2 seeds, the LLM grid and each adapter's own lr
+    assert lora.settings == (LLM_TEAMS,) and lora.seeds == (0, 1)
+    assert lora.lr == LLM_LR["lora"] and ia3.lr == LLM_LR["ia3"] and ia3.method == "ia3"
+    assert (lora.max_train, lora.max_eval, lora.max_length) == (48, 32, 96)
+    assert [v.name for v in lora.variants] == ["default", "lora-rank"]
+    assert len(lora.grid) < len(bench_config("quick", "lora", "", "").grid)
+    with pytest.raises(typer.BadParameter, match="expected quick for the causal LM"):
+        bench_config("standard", "lora", "", "", model="smollm2-135m-instruct")
+
+
 @pytest.mark.parametrize("method", ["lora", "ia3"])
 def test_benchmark_runs_on_adapters(tiny_bert, tiny_tasks, method, tmp_path):
     tasks = tuple(str(tiny_tasks[n]) for n in ("alpha", "beta"))

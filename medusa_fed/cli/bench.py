@@ -5,6 +5,8 @@
     medusa bench --mode standard --check-convergence      # each team alone at B and 2B
     medusa bench --mode full --out runs/bench-full        # every variant, 3 seeds (many hours)
     medusa bench --combine runs/s0,runs/s1 --out runs/all # one report of runs made apart
+    medusa bench --model smollm2-135m-instruct --method lora --variants default,lora-rank
+                                                          # the LLM: 3 teams, 2 seeds, ~40 min each
     medusa bench --medusa-only --variants X --seeds 0 --out runs/x-s0  # add a variant to s0
 
 prints the tables (also in ``results.md``) and writes ``results.json``, ``accuracy.png`` and
@@ -29,6 +31,12 @@ MODES = ("quick", "standard", "full")
 STANDARD_TRAIN = 512
 STANDARD_EPOCHS = 4.0
 STANDARD_EVAL = 300
+# the causal-LM family (smollm2-135m-instruct): one 3-team setting of the tasks where each team
+# alone gains at least 10 points over the untuned model on *validation* (simulations.llm_budget:
+# movie does not move at these budgets), 48 train / 32 validation / 32 test examples per team,
+# 96 tokens, 3 epochs; the adapters' lr chosen on the same validation runs
+LLM_TEAMS = ("tweet", "bbc", "spam")
+LLM_LR = {"lora": 3e-3, "ia3": 1e-2, "full": 1e-5}  # full: not validated here
 
 
 def bench_config(  # type: ignore[no-untyped-def]
@@ -40,7 +48,8 @@ def bench_config(  # type: ignore[no-untyped-def]
     model: str = "all-MiniLM-L6-v2",
 ):
     """The BenchConfig of a mode (``quick``, ``standard`` or ``full``), with optional overrides."""
-    from simulations.benchmark import FULL_GRID, STANDARD_GRID, BenchConfig
+    from medusa_fed.training.config import family_of
+    from simulations.benchmark import FULL_GRID, LLM_GRID, STANDARD_GRID, BenchConfig
     from simulations.variants import VARIANTS, default_variants
 
     if mode not in MODES:
@@ -50,7 +59,20 @@ def bench_config(  # type: ignore[no-untyped-def]
     cfg = BenchConfig(method=method, model=model)
     if method != "full":
         cfg.lr = ADAPTER_LR  # a fresh adapter learns little at full fine-tuning's 1e-4
-    if mode == "full":
+    if family_of(model, "encoder-classifier") == "causal-lm":
+        if mode != "quick":
+            raise typer.BadParameter(
+                f"--mode: expected quick for the causal LM {model} (its one budget: "
+                f"docs/llm.md), found {mode!r}"
+            )
+        cfg.teams = LLM_TEAMS
+        cfg.settings = (LLM_TEAMS,)
+        cfg.seeds = (0, 1)
+        cfg.max_train, cfg.max_eval, cfg.max_length = 48, 32, 96
+        cfg.epochs, cfg.batch_size, cfg.lr = 3.0, 8, LLM_LR[method]
+        cfg.grid = LLM_GRID
+        cfg.variants = default_variants()
+    elif mode == "full":
         tasks = cfg.teams
         pairs, triples = itertools.combinations(tasks, 2), itertools.combinations(tasks, 3)
         cfg.settings = (*pairs, *triples, tasks)
@@ -97,7 +119,11 @@ def bench(
     ] = "quick",
     out: Annotated[Path, Option(help="Output directory.")] = Path("runs/bench"),
     method: Annotated[
-        str, Option(help="full | lora | ia3 (lr 1e-4 for full, 1e-3 for the adapters)")
+        str,
+        Option(
+            help="full | lora | ia3 (lr 1e-4 for full, 1e-3 for the adapters; for the causal "
+            "LM the LLM budget's lr)"
+        ),
     ] = "full",
     model: Annotated[
         str, Option(help="Bundled model, smollm2-135m-instruct, or a local HF directory.")
