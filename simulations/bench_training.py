@@ -5,7 +5,8 @@ Run: ``python -m simulations.bench_training [--steps 12] [--density 0.333] [--de
 (about 2 minutes on 2 CPU cores; ``--device cuda`` times the steps on a GPU, bf16 autocast).
 Two identical team models train on the same batches, steps interleaved (unmasked, masked,
 unmasked, ...) so machine load hits both alike; the table gives the median step time of each
-and their ratio, for full fine-tuning and LoRA, the unmasked step's tokens per second, and the
+and their ratio, for full fine-tuning and LoRA, the unmasked step's tokens per second (training)
+and a gradient-free forward pass's on the same batch (scoring), and the
 median time of the guard's own work (gradient masking + restore, re-run after a step; a
 load-robust overhead estimate) as a share of the unmasked step. Memory: the bytes the mask guard
 holds (exact) next to the parameter and AdamW-state bytes, and the process RSS growth when the
@@ -62,6 +63,17 @@ def _step(
     return time.perf_counter() - start
 
 
+def _forward(team: TeamModel, batch: dict[str, torch.Tensor], device: torch.device) -> float:
+    """One gradient-free forward pass over the batch: what scoring (rank classification,
+    evaluation) costs per token."""
+    _sync(device)
+    start = time.perf_counter()
+    with torch.no_grad(), autocast(device):
+        team.module(**batch)
+    _sync(device)
+    return time.perf_counter() - start
+
+
 def _guard_work(guard: MaskedUpdate, device: torch.device) -> float:
     _sync(device)
     start = time.perf_counter()
@@ -112,7 +124,7 @@ def bench(
         part.grad_mask.nbytes + part.owned.nbytes + part.start.nbytes
         for part in guard._partial  # noqa: SLF001 - measuring the guard's own storage
     )
-    times: dict[str, list[float]] = {"plain": [], "masked": [], "guard": []}
+    times: dict[str, list[float]] = {"plain": [], "masked": [], "guard": [], "score": []}
     for i in tqdm(range(steps + 2), desc=f"bench {method}", unit="pair", disable=None):
         for name, team, opt in (("plain", plain, opts[0]), ("masked", masked, opts[1])):
             seconds = _step(team, opt, batch, where)
@@ -120,6 +132,7 @@ def bench(
                 times[name].append(seconds)
         if i >= 2:  # the guard's own work again (both parts are idempotent): load-robust cost
             times["guard"].append(_guard_work(guard, where))
+            times["score"].append(_forward(plain, batch, where))
     plain_s, masked_s = statistics.median(times["plain"]), statistics.median(times["masked"])
     guard_s = statistics.median(times["guard"])
     params = sum(p.numel() * p.element_size() for p in masked.shared.values())
@@ -128,6 +141,7 @@ def bench(
         "masked_s": masked_s,
         "ratio": masked_s / plain_s,
         "tokens_per_s": tokens / plain_s,
+        "score_tokens_per_s": tokens / statistics.median(times["score"]),
         "guard_s": guard_s,
         "guard_share": guard_s / plain_s,
         "shared_MB": params / 2**20,
@@ -150,7 +164,8 @@ def main() -> None:
         m: bench(m, args.steps, args.density, args.batch_size, args.device, args.model)
         for m in args.methods.split(",")
     }
-    cols = ["plain_s", "masked_s", "ratio", "tokens_per_s", "guard_s", "guard_share"]
+    cols = ["plain_s", "masked_s", "ratio", "tokens_per_s", "score_tokens_per_s", "guard_s"]
+    cols += ["guard_share"]
     cols += ["shared_MB", "adam_MB", "guard_MB", "rss_guard_MB"]
     print(
         f"device={resolve_device(args.device)} threads={torch.get_num_threads()} "
