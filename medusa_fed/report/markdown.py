@@ -8,7 +8,13 @@ from collections.abc import Mapping
 from typing import Any
 
 from medusa_fed.report.schema import Report, phase_metrics
-from medusa_fed.report.table import fmt_share, markdown_table, team_table
+from medusa_fed.report.table import (
+    fmt_share,
+    is_result,
+    markdown_table,
+    metric_title,
+    team_table,
+)
 
 NOT_RECORDED = "_Not recorded in this run._"
 
@@ -32,11 +38,12 @@ def _scalar(value: Any) -> str:
 
 
 def metric_names(report: Report) -> list[str]:
-    """Metrics any team reports, ``accuracy`` first, the rest sorted."""
+    """Result metrics any team reports (not counts such as ``examples``), ``accuracy`` first,
+    the rest sorted."""
     names: set[str] = set()
     for team in report["teams"]:
         for phase in ("before", "alone", *report["methods"]):
-            names |= set(phase_metrics(team, phase) or {})
+            names |= {n for n in phase_metrics(team, phase) or {} if is_result(n)}
     return sorted(names, key=lambda n: (n != "accuracy", n))
 
 
@@ -48,7 +55,10 @@ def _results(report: Report, plots: Mapping[str, str]) -> list[str]:
     out = ["## Results", ""]
     for metric in metric_names(report) or ["accuracy"]:
         table = team_table(report, metric)
-        out += [f"{metric} (%): before fine-tuning, fine-tuned alone, merged by each method.", ""]
+        out += [
+            f"{metric_title(metric)}: before fine-tuning, fine-tuned alone, merged by each method.",
+            "",
+        ]
         out += [markdown_table(table.headers, table.rows, table.numeric), ""]
         out += [note.replace("* ", "\\* ", 1) + "  " for note in table.notes]
         out += [""] if table.notes else []

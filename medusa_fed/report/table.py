@@ -1,6 +1,7 @@
 """The per-team results table: the same cells for the terminal (fixed width) and Markdown.
 
-Columns: team, task, controlled?, owned share, then one metric (in percent with one decimal)
+Columns: team, task, controlled?, owned share, then one metric (scores in percent with one
+decimal, loss and perplexity as they are)
 before fine-tuning, fine-tuned alone, and merged by each method: accuracy by default, and in the
 terminal a second table of exact_match when a team has free-form answers. A left-out team's
 name gets a ``*`` and its reason goes in a note under the table. The ``average`` row is the mean
@@ -17,6 +18,10 @@ from typing import Any
 from medusa_fed.report.schema import STATUS_OK, Report, phase_metrics, validate_report
 
 MISSING = "-"
+# what a results table shows: scores in [0, 1] in percent, losses as they are; counts
+# (examples, tokens, steps, seconds) are bookkeeping, not results
+PERCENT_METRICS = ("accuracy", "macro_f1", "exact_match", "token_f1")
+PLAIN_METRICS = ("loss", "perplexity")
 WIDTH = 100  # the terminal table wraps method columns into blocks to stay within this
 
 
@@ -47,6 +52,23 @@ def fmt_percent(value: float | None) -> str:
 def fmt_share(value: float | None, digits: int = 1) -> str:
     """0.3333 -> ``"33.3%"`` (``digits`` decimals); None -> ``"-"``."""
     return MISSING if value is None else f"{100.0 * value:.{digits}f}%"
+
+
+def is_result(metric: str) -> bool:
+    """Whether ``metric`` is a score a results table shows (not a count)."""
+    return metric in PERCENT_METRICS or metric in PLAIN_METRICS
+
+
+def metric_title(metric: str) -> str:
+    """``accuracy (%)``, ``perplexity``: the metric with its unit."""
+    return f"{metric} (%)" if metric in PERCENT_METRICS else metric
+
+
+def fmt_metric(value: float | None, metric: str) -> str:
+    """A table cell: percent with one decimal for scores, two decimals for losses."""
+    if metric in PERCENT_METRICS or value is None:
+        return fmt_percent(value)
+    return f"{value:.2f}"
 
 
 def _value(metrics: Mapping[str, Any] | None, metric: str) -> float | None:
@@ -85,11 +107,11 @@ def team_table(report: Report, metric: str = "accuracy") -> TeamTable:
                 team["task"],
                 "yes" if team["controlled"] else "no",
                 fmt_share(team.get("owned_share")),
-                *(fmt_percent(v) for v in values),
+                *(fmt_metric(v, metric) for v in values),
             ]
         )
     means = [math.fsum(c) / len(c) if c else None for c in columns]
-    rows.append(["average", "", "", "", *(fmt_percent(v) for v in means)])
+    rows.append(["average", "", "", "", *(fmt_metric(v, metric) for v in means)])
     return TeamTable(headers, rows, numeric, notes)
 
 
@@ -154,7 +176,10 @@ def _render_one(report: Report, metric: str, width: int) -> str:
             used = col_w[0]
         blocks[-1].append(i)
         used += col_w[i]
-    title = f"{metric} (%) per team: before fine-tuning, fine-tuned alone, merged by each method"
+    title = (
+        f"{metric_title(metric)} per team: before fine-tuning, fine-tuned alone, merged by each "
+        "method"
+    )
     parts = [title]
     for cols in blocks:
         parts.append(

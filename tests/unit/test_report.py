@@ -280,3 +280,23 @@ def test_layer_group(name: str, group: str) -> None:
 )
 def test_fmt_bytes(n: int, text: str) -> None:
     assert fmt_bytes(n) == text
+
+
+def test_counts_are_not_results_and_perplexity_is_not_a_percentage() -> None:
+    # Prepare: every phase also reports how many examples it scored, and a perplexity
+    from medusa_fed.report.markdown import metric_names
+
+    report = realistic_report()
+    for team in report["teams"]:
+        m = team["metrics"]
+        for phase in [m.get("before"), m.get("alone"), *m.get("merged", {}).values()]:
+            if phase is not None:
+                phase.update({"examples": 200.0, "perplexity": 12.345})
+    # Execute
+    names = metric_names(validate_report(report))
+    table = render_table(report, metric="perplexity")
+    # Assert: no table of example counts; perplexity shown as it is, without (%)
+    assert "examples" not in names and "perplexity" in names
+    assert table.startswith("perplexity per team")
+    assert _row(table, "movie")[4:] == ["12.35"] * 5
+    assert _row(table, "average")[1:] == ["12.35"] * 5
