@@ -26,7 +26,7 @@ from medusa_fed.run_config import RunConfig
 from medusa_fed.rundir import RunDir
 from medusa_fed.training import load_base
 from medusa_fed.training.config import ModelSpec
-from simulations.simulate import parse_teams, simulate
+from simulations.simulate import add_budget_arguments, budget_settings, parse_teams, simulate
 
 MODES: dict[str, dict[str, str]] = {
     "dense": {"downlink": "dense"},
@@ -40,19 +40,7 @@ def run_mode(args: argparse.Namespace, mode: str) -> tuple[dict[str, Any], float
     """One in-process run with ``mode``'s down-link; its report and wall seconds."""
     config = RunConfig.from_mapping(
         {
-            "model": args.model,
-            "epochs": args.epochs,
-            "probe-epochs": args.probe_epochs,
-            "rounds": args.rounds,
-            "max-train": args.max_train,
-            "max-eval": args.max_eval,
-            "max-length": args.max_length,
-            "batch-size": args.batch_size,
-            "lr": args.lr,
-            "refit-epochs": 0,
-            "eval-before": False,
-            "seed": args.seed,
-            "store": "off",
+            **budget_settings(args),
             "out-dir": str(Path(args.out) / mode),
             **MODES[mode],
         }
@@ -82,17 +70,7 @@ def table(mode: str, report: dict[str, Any], rounds: int) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="all-MiniLM-L6-v2")
-    parser.add_argument("--teams", default="movie,tweet,bbc")
-    parser.add_argument("--epochs", type=float, default=2.0)
-    parser.add_argument("--probe-epochs", type=float, default=1.0)
-    parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--max-train", type=int, default=200)
-    parser.add_argument("--max-eval", type=int, default=200)
-    parser.add_argument("--max-length", type=int, default=32)
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--lr", type=float, default=1e-4)
-    parser.add_argument("--seed", type=int, default=0)
+    add_budget_arguments(parser, max_train=200, max_eval=200)
     parser.add_argument("--modes", default=",".join(MODES))
     parser.add_argument("--out", default="runs/bench-downlink")
     args = parser.parse_args()

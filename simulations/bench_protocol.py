@@ -27,7 +27,12 @@ from medusa_fed.pipeline.transport import Failure, Transport
 from medusa_fed.protocol import EvalRequest, Reply, Request
 from medusa_fed.run_config import RunConfig
 from medusa_fed.training import load_base
-from simulations.simulate import inprocess_transport, parse_teams
+from simulations.simulate import (
+    add_budget_arguments,
+    budget_settings,
+    inprocess_transport,
+    parse_teams,
+)
 from strategies.medusa_strategy import model_spec
 
 MEDUSA_STAGES = ("probe", "assign", "train", "merge")
@@ -57,17 +62,7 @@ class TimedTransport:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="all-MiniLM-L6-v2")
-    parser.add_argument("--teams", default="movie,tweet,bbc")
-    parser.add_argument("--epochs", type=float, default=2.0)
-    parser.add_argument("--probe-epochs", type=float, default=1.0)
-    parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--max-train", type=int, default=120)
-    parser.add_argument("--max-eval", type=int, default=100)
-    parser.add_argument("--max-length", type=int, default=32)
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--lr", type=float, default=1e-4)
-    parser.add_argument("--seed", type=int, default=0)
+    add_budget_arguments(parser, max_train=120, max_eval=100)
     parser.add_argument("--downlink", default="lacking", choices=("lacking", "dense"))
     parser.add_argument("--out", default="runs/bench-protocol")
     args = parser.parse_args()
@@ -76,21 +71,9 @@ def main() -> None:
     torch.set_num_threads(1)
     config = RunConfig.from_mapping(
         {
-            "model": args.model,
-            "epochs": args.epochs,
-            "probe-epochs": args.probe_epochs,
-            "rounds": args.rounds,
+            **budget_settings(args),
             "federated": "linear",
             "downlink": args.downlink,
-            "max-train": args.max_train,
-            "max-eval": args.max_eval,
-            "max-length": args.max_length,
-            "batch-size": args.batch_size,
-            "lr": args.lr,
-            "refit-epochs": 0,
-            "eval-before": False,
-            "seed": args.seed,
-            "store": "off",
             "out-dir": str(Path(args.out)),
         }
     )

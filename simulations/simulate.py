@@ -17,6 +17,7 @@ events (``medusa_fed.progress``) come back through ``flwr/progress.jsonl`` to ``
 
 from __future__ import annotations
 
+import argparse
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -203,4 +204,40 @@ def team_run_config(teams: Sequence[TeamConfig]) -> dict[str, str]:
     return {
         "teams": ",".join(f"{t.name}={data_path(t.task)}" for t in teams),
         "uncontrolled": ",".join(t.name for t in teams if not t.controlled),
+    }
+
+
+def add_budget_arguments(parser: argparse.ArgumentParser, max_train: int, max_eval: int) -> None:
+    """The run a micro-benchmark makes (model, teams, budget, seed) as command-line options;
+    :func:`budget_settings` turns them into run-config keys."""
+    parser.add_argument("--model", default="all-MiniLM-L6-v2")
+    parser.add_argument("--teams", default="movie,tweet,bbc")
+    parser.add_argument("--epochs", type=float, default=2.0)
+    parser.add_argument("--probe-epochs", type=float, default=1.0)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--max-train", type=int, default=max_train)
+    parser.add_argument("--max-eval", type=int, default=max_eval)
+    parser.add_argument("--max-length", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def budget_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The run-config keys of :func:`add_budget_arguments`' options (no head re-fit, no floor,
+    nothing stored: a benchmark measures one thing)."""
+    return {
+        "model": args.model,
+        "epochs": args.epochs,
+        "probe-epochs": args.probe_epochs,
+        "rounds": args.rounds,
+        "max-train": args.max_train,
+        "max-eval": args.max_eval,
+        "max-length": args.max_length,
+        "batch-size": args.batch_size,
+        "lr": args.lr,
+        "refit-epochs": 0,
+        "eval-before": False,
+        "seed": args.seed,
+        "store": "off",
     }
