@@ -274,3 +274,18 @@ def test_convergence_report_names_the_tasks_that_still_move():
     assert "NOT converged" in text and text.rstrip().endswith("bbc")
     assert "movie +0.3, bbc +3.0" in text
     assert "converged: every task" in report(rows[:2])
+
+
+def test_bench_refuses_an_unknown_federated_anchor_before_any_run(tmp_path):
+    from typer.testing import CliRunner
+
+    from medusa_fed.cli import app
+
+    # Execute: nothing is loaded or trained before the run configs are checked
+    result = CliRunner().invoke(
+        app, ["bench", "--federated", "fedprox", "--out", str(tmp_path / "b")]
+    )
+    # Assert
+    assert result.exit_code == 2
+    assert "unknown merge method 'fedprox'" in result.output
+    assert not (tmp_path / "b").exists()

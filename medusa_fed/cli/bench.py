@@ -150,6 +150,13 @@ def bench(
             "write one report of all their cells to --out instead of running."
         ),
     ] = "",
+    federated: Annotated[
+        str,
+        Option(
+            help="Comma-separated federated anchors run beside the post-hoc merges (linear = "
+            "FedAvg with personal heads, ties = TIES each round), or 'none'."
+        ),
+    ] = "linear,ties",
     check_convergence: Annotated[
         bool,
         Option(
@@ -175,9 +182,10 @@ def bench(
     from medusa_fed.errors import MedusaError
 
     cfg = bench_config(mode, method, seeds, variants, medusa_only, model)
+    cfg.federated = () if federated.strip() == "none" else tuple(federated.split(","))
     try:  # every variant's run config is valid before the first run starts
         for variant in cfg.variants:
-            cfg.run_config(cfg.seeds[0], variant, out, compare=False)
+            cfg.run_config(cfg.seeds[0], variant, out, compare=True)
     except MedusaError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
