@@ -34,15 +34,15 @@ from collections.abc import Mapping
 from typing import Literal, get_args
 
 import torch
-from tqdm.auto import tqdm
 
 from medusa_fed.deltas import SparseDelta
 from medusa_fed.errors import OwnershipError
 from medusa_fed.ownership.candidates import (
-    CHUNK,
+    BLOCK,
     Candidates,
     build_candidates,
     chunk_generator,
+    map_chunks,
 )
 from medusa_fed.ownership.kernels import ChunkKernel, owners_for_chunk
 from medusa_fed.ownership.ownership_map import OwnershipMap
@@ -122,18 +122,36 @@ def assign_ownership(
 def _assign_independent(
     cands: Candidates, policy: Policy, unselected: Unselected, seed: int, progress: bool
 ) -> OwnershipMap:
-    """Proportional or argmax: every element decided on its own, one chunk at a time."""
-    owners: dict[str, torch.Tensor] = {}
-    widest = max((math.prod(s) for s in cands.shapes.values()), default=0)
-    kernel = ChunkKernel(len(cands.teams), min(CHUNK, max(widest, 1)))
-    for name in tqdm(cands.shapes, desc=f"assign ({policy})", disable=not progress):
-        out = torch.empty(math.prod(cands.shapes[name]), dtype=torch.uint8)
-        for c, start, end in cands.chunks(name):
-            w = cands.weights(name, start, end, out=kernel.weights)
-            u = torch.rand(
-                end - start, generator=chunk_generator(seed, name, c), out=kernel.u[: end - start]
+    """Proportional or argmax: every element decided on its own, chunks on threads, each chunk
+    in cache-sized blocks (the owners do not depend on the block width or the thread count)."""
+    k = len(cands.teams)
+    owners = {n: torch.empty(math.prod(s), dtype=torch.uint8) for n, s in cands.shapes.items()}
+    jobs = [(n, c, s, e) for n in cands.shapes for c, s, e in cands.chunks(n)]
+    widest = max((e - s for _n, _c, s, e in jobs), default=1)
+    # argmax reads the uniforms only where no team is a candidate under "random"
+    draw = policy != "argmax" or unselected == "random"
+
+    def workspace() -> tuple[ChunkKernel, torch.Tensor]:
+        return ChunkKernel(k, min(BLOCK, widest)), torch.empty(widest if draw else 0)
+
+    def one_chunk(ws: tuple[ChunkKernel, torch.Tensor], job: tuple[str, int, int, int]) -> None:
+        kernel, ubuf = ws
+        name, c, start, end = job
+        if draw:  # the whole chunk's stream, whatever the block width
+            torch.rand(
+                end - start, generator=chunk_generator(seed, name, c), out=ubuf[: end - start]
             )
-            kernel.owners(w, u, policy, unselected, out=out[start:end])
-        owners[name] = out.view(cands.shapes[name])
-    logger.info("assign: %s over %d tensors, %d teams", policy, len(owners), len(cands.teams))
-    return OwnershipMap(cands.teams, owners, cands.uncontrolled)
+        edges = [*range(start, end, BLOCK), end]
+        pos = cands.spans(name, edges)
+        for j in range(len(edges) - 1):
+            lo, hi = edges[j], edges[j + 1]
+            w = cands.weights(
+                name, lo, hi, kernel.weights, {t: (p[j], p[j + 1]) for t, p in pos.items()}
+            )
+            u = ubuf[lo - start : hi - start] if draw else kernel.u[: hi - lo]
+            kernel.owners(w, u, policy, unselected, out=owners[name][lo:hi])
+
+    map_chunks(jobs, workspace, one_chunk, f"assign ({policy})", progress)
+    logger.info("assign: %s over %d tensors, %d teams", policy, len(owners), k)
+    shaped = {n: o.view(cands.shapes[n]) for n, o in owners.items()}
+    return OwnershipMap(cands.teams, shaped, cands.uncontrolled)

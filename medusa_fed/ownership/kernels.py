@@ -17,20 +17,20 @@ from medusa_fed.ownership.ownership_map import NO_OWNER
 class ChunkKernel:
     """The per-chunk owner kernels of proportional and argmax, on buffers reused across chunks.
 
-    Every temporary of a chunk lives in a buffer allocated once (``CHUNK`` wide): a fresh
+    Every temporary of a chunk lives in a buffer allocated once (``width`` wide): a fresh
     multi-megabyte tensor per step costs its page faults every chunk, which measured slower than
     the arithmetic itself. Each kernel is a fixed number of passes over the ``(k, n)`` weights,
     row by row (torch reduces across a strided dim 0 ~10x slower than it adds two rows), using
-    only ops torch vectorises: a uint8 ``masked_fill_`` / ``where`` and a float64 += float32 each
-    measured 20-40x slower than a same-dtype add, so selects are uint8 arithmetic
-    (:func:`select_u8`) and the float64 sum adds a float64 copy of each row.
+    only ops torch vectorises: team ids and comparison results are float32 (a comparison into a
+    bool, a uint8 ``masked_fill_`` / ``where`` and a float64 += float32 each measured 6-40x
+    slower than a same-dtype add), and the float64 sum adds a float64 copy of each row.
     """
 
     def __init__(self, k: int, width: int = CHUNK) -> None:
         self.k = k
         self.weights = torch.empty(k, width, dtype=torch.float32)  # Candidates.weights(out=)
         self.u = torch.empty(width, dtype=torch.float32)
-        self._f = torch.empty(3, width, dtype=torch.float32)
+        self._f = torch.empty(7, width, dtype=torch.float32)
         self._cum = torch.empty(max(k - 1, 1), width, dtype=torch.float32)
         self._acc = torch.empty(2, width, dtype=torch.float64)
         self._zeros = torch.zeros(width, dtype=torch.float32)
@@ -47,18 +47,23 @@ class ChunkKernel:
     ) -> torch.Tensor:
         """Owner ids (uint8) of one chunk: weights ``w`` (k, n), uniforms ``u`` (n,), into
         ``out`` (n,) when given. ``policy``: "argmax", else proportional; ``unselected``:
-        "random", else frozen (NO_OWNER)."""
+        "random", else frozen (NO_OWNER).
+
+        Team ids are carried as float32 (exact: at most 255) and every comparison writes a
+        float32 0 / 1: torch vectorises a comparison only when its output has the inputs' dtype
+        (a bool output runs element by element, measured 6x slower than a ``maximum``).
+        """
         k, n = w.shape
-        owner, has = self._owner[0, :n], self._bool[0, :n]
+        owner, has, flag, tmp = (self._f[j, :n] for j in range(4))
         if policy == "argmax":
-            best, better = self._f[0, :n], self._bool[1, :n]
-            team = self._owner[1, :n]
+            best = self._f[4, :n]
             best.copy_(w[0])
             owner.zero_()
             for i in range(1, k):
-                torch.gt(w[i], best, out=better)  # strict: ties keep the lowest sorted team name
-                team.fill_(i)
-                select_u8(better, team, owner, owner, self._owner[2, :n])
+                torch.gt(w[i], best, out=flag)  # strict: ties keep the lowest sorted team name
+                torch.sub(i, owner, out=tmp)  # owner += flag * (i - owner): i where flag
+                tmp.mul_(flag)
+                owner.add_(tmp)
                 torch.maximum(best, w[i], out=best)
             torch.gt(best, 0, out=has)
         else:  # proportional: invert the cumulative weights at u * total
@@ -73,28 +78,28 @@ class ChunkKernel:
                 acc.add_(row)
                 if i < k - 1:
                     cum[i].copy_(acc)
-            total, x = self._f[0, :n], self._f[1, :n]
+            total, x = self._f[4, :n], self._f[5, :n]
             total.copy_(acc)
             torch.gt(total, 0, out=has)
             torch.mul(u, total, out=x)
-            below = torch.nextafter(total, self._zeros[:n], out=self._f[2, :n])
+            below = torch.nextafter(total, self._zeros[:n], out=self._f[6, :n])
             torch.minimum(x, below, out=x)
             owner.zero_()
-            le = self._bool[1, :n]
             for i in range(k - 1):  # zero-weight teams never own: their cum step is empty
-                torch.le(cum[i], x, out=le)
-                owner.add_(le)
+                torch.le(cum[i], x, out=flag)
+                owner.add_(flag)
         # elements without a candidate: uniform team (``u`` in [0, 1)) or NO_OWNER
-        result = torch.empty(n, dtype=torch.uint8) if out is None else out
-        fill = self._owner[1, :n]
         if unselected == "random":
-            f = self._f[1, :n]
-            torch.mul(u, k, out=f)
-            f.clamp_(max=k - 1)
-            fill.copy_(f)  # float -> uint8 truncates, like .to(torch.uint8)
+            torch.mul(u, k, out=flag)
+            flag.clamp_(max=k - 1)
+            flag.trunc_()  # like float -> uint8
         else:
-            fill.fill_(NO_OWNER)
-        return select_u8(has, owner, fill, result, self._owner[2, :n])
+            flag.fill_(NO_OWNER)
+        torch.sub(owner, flag, out=tmp)  # has ? owner : fill
+        tmp.mul_(has)
+        tmp.add_(flag)
+        result = torch.empty(n, dtype=torch.uint8) if out is None else out
+        return result.copy_(tmp)
 
 
 def select_u8(

@@ -202,3 +202,22 @@ def test_too_many_controllable_teams() -> None:
     probes: dict[str, dict[str, SparseDelta]] = {f"t{i:03d}": {} for i in range(255)}
     with pytest.raises(OwnershipError, match="at most 254"):
         assign_ownership(probes, {"x": (2,)}, {t: True for t in probes})
+
+
+@pytest.mark.parametrize(
+    ("values", "ok"),
+    [
+        ([1.0, float("nan"), 2.0], False),
+        ([float("inf"), 1.0, 2.0], False),
+        ([float("-inf"), float("inf"), 2.0], False),
+        ([3e38, 3e38, -1.0], True),  # finite, though the float32 sum overflows
+        ([-3e38, -3e38, 1.0], True),
+    ],
+)
+def test_probe_values_must_be_finite_even_when_the_sum_overflows(values, ok) -> None:
+    d = SparseDelta((5,), torch.tensor([0, 2, 4]), torch.tensor(values))
+    if ok:
+        d.validate("probe")
+    else:
+        with pytest.raises(PayloadError, match="NaN or Inf"):
+            d.validate("probe")
