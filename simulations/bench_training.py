@@ -77,9 +77,7 @@ def _forward(team: TeamModel, batch: dict[str, torch.Tensor], device: torch.devi
 def _guard_work(guard: MaskedUpdate, device: torch.device) -> float:
     _sync(device)
     start = time.perf_counter()
-    for part in guard._partial:  # noqa: SLF001 - the gradient masking the hooks do
-        if part.param.grad is not None:
-            part.param.grad.mul_(part.grad_mask)
+    guard.mask_gradients()
     guard.after_step()
     _sync(device)
     return time.perf_counter() - start
@@ -120,10 +118,7 @@ def bench(
     rss0 = _rss()
     guard = MaskedUpdate(masked.shared, masks, opts[1])
     rss_guard = _rss() - rss0
-    guard_bytes = sum(
-        part.grad_mask.nbytes + part.owned.nbytes + part.start.nbytes
-        for part in guard._partial  # noqa: SLF001 - measuring the guard's own storage
-    )
+    guard_bytes = guard.nbytes
     times: dict[str, list[float]] = {"plain": [], "masked": [], "guard": [], "score": []}
     for i in tqdm(range(steps + 2), desc=f"bench {method}", unit="pair", disable=None):
         for name, team, opt in (("plain", plain, opts[0]), ("masked", masked, opts[1])):
@@ -172,9 +167,9 @@ def main() -> None:
         f"steps={args.steps} density={args.density:.3f} "
         f"batch={args.batch_size} (128-token sequences)"
     )
-    print(f"{'method':8}" + "".join(f"{c:>14}" for c in cols))
+    print(f"{'method':8}" + "".join(f" {c:>{max(14, len(c))}}" for c in cols))
     for method, row in rows.items():
-        print(f"{method:8}" + "".join(f"{row[c]:>14.3f}" for c in cols))
+        print(f"{method:8}" + "".join(f" {row[c]:>{max(14, len(c))}.3f}" for c in cols))
 
 
 if __name__ == "__main__":
