@@ -26,7 +26,7 @@ from medusa_fed.masking import MaskedUpdate
 from medusa_fed.training.config import ModelSpec, TrainConfig
 from medusa_fed.training.data import Split
 from medusa_fed.training.device import autocast, resolve_device
-from medusa_fed.training.loop import encode
+from medusa_fed.training.loop import adamw, encode
 from medusa_fed.training.models import BaseModel, TeamModel, load_base
 
 TEXT = "the film is a slow , thoughtful and often very funny look at love and loss " * 8
@@ -108,9 +108,7 @@ def bench(
     plain.module.to(where)
     masked.module.to(where)
     opts = [
-        torch.optim.AdamW(
-            [p for p in t.module.parameters() if p.requires_grad], lr=lr, weight_decay=0.01
-        )
+        adamw([p for p in t.module.parameters() if p.requires_grad], lr=lr, weight_decay=0.01)
         for t in (plain, masked)
     ]
     gen = torch.Generator().manual_seed(0)

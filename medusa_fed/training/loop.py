@@ -19,7 +19,7 @@ import math
 import os
 import time
 from collections.abc import Iterator, Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from tqdm.auto import tqdm
@@ -126,7 +126,24 @@ def _optimizer(team: TeamModel, cfg: TrainConfig, method: Method) -> torch.optim
         raise ConfigError("nothing to train: no trainable shared or head parameters")
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    return torch.optim.AdamW(groups, lr=lr, weight_decay=cfg.weight_decay)
+    return adamw(groups, lr=lr, weight_decay=cfg.weight_decay)
+
+
+def adamw(params: Any, lr: float, weight_decay: float) -> torch.optim.AdamW:
+    """AdamW, fused where torch has a fused kernel for every parameter (CPU, CUDA).
+
+    The unfused CPU step is a loop of whole-tensor ops whose ``sqrt`` slows down about 15x on a
+    second moment full of exact zeros (measured with torch 2.13: 5.5 ms against 0.31 ms for
+    590K elements), which is what a masked team's non-owned elements hold: a masked MiniLM step
+    spent 1.9 s of 8 steps in it against 1.2 s unmasked. The fused step is one pass per tensor,
+    3.7x faster than the unfused one here and as fast with zeros as without.
+    """
+    groups = list(params)
+    tensors = [p for g in groups for p in (g["params"] if isinstance(g, dict) else [g])]
+    fused = bool(tensors) and all(
+        p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in tensors
+    )
+    return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay, fused=fused or None)
 
 
 def train(
