@@ -13,6 +13,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from medusa_fed.masking import MaskedUpdate, MaskError, load_mask, mask_from_ownership
+from medusa_fed.training.loop import adamw
 
 
 def _model(seed: int) -> nn.Module:
@@ -37,6 +38,10 @@ def _train(model: nn.Module, opt: torch.optim.Optimizer, steps: int, seed: int) 
 def _optimizer(kind: str, model: nn.Module) -> torch.optim.Optimizer:
     if kind == "adamw":
         return torch.optim.AdamW(model.parameters(), lr=0.05, weight_decay=0.3)
+    if kind == "adamw-fused":  # what training uses (medusa_fed.training.loop.adamw)
+        opt = adamw(model.parameters(), lr=0.05, weight_decay=0.3)
+        assert opt.defaults["fused"]  # CPU and CUDA have the kernel
+        return opt
     return torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=0.3)
 
 
@@ -49,7 +54,7 @@ DEVICES = ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]  # whatever 
 @given(
     seed=st.integers(0, 10_000),
     density=st.floats(0.05, 1.0),
-    kind=st.sampled_from(["adamw", "sgd"]),
+    kind=st.sampled_from(["adamw", "adamw-fused", "sgd"]),
 )
 def test_non_owned_elements_stay_bit_exact(
     seed: int, density: float, kind: str, device: str
