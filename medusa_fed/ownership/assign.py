@@ -23,7 +23,8 @@ it stays at the base (uncontrolled teams still train it).
 
 Reproducibility: teams and tensors are processed in sorted order and every random draw comes from a
 generator seeded by (seed, tensor name, chunk index), so the map does not depend on dict order.
-Memory stays near ``k x CHUNK`` floats plus the output (one uint8 per element).
+Memory stays near one chunk of uniforms plus ``k x BLOCK`` floats per thread (chunks run on
+``torch.get_num_threads()`` threads) plus the output (one uint8 per element).
 """
 
 from __future__ import annotations
