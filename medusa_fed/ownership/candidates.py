@@ -141,7 +141,8 @@ def map_chunks(
 
     Each thread builds its own ``state`` (buffers) once. Chunks are independent (own random
     stream, own output slice), so the results equal a serial run's; torch ops release the GIL,
-    and a block's ops stay under torch's parallel grain, so threads do not oversubscribe.
+    so the threads' arithmetic overlaps (the Python between ops does not: measured 15-30% faster
+    on 2 cores than one thread).
     """
     workers = min(torch.get_num_threads(), len(jobs))
     bar = tqdm(total=len(jobs), desc=desc, disable=not progress)
