@@ -51,6 +51,7 @@ DEVICES = ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]  # whatever 
 @pytest.mark.parametrize("device", DEVICES)
 @settings(max_examples=15, deadline=None)
 @example(seed=292, density=0.05, kind="adamw")  # every mask all-False: nothing trainable
+@example(seed=7, density=0.4, kind="adamw-fused")  # the optimizer training uses, every run
 @given(
     seed=st.integers(0, 10_000),
     density=st.floats(0.05, 1.0),
