@@ -5,7 +5,9 @@ lazy (read from disk on ``__getitem__``, mergekit style): each tensor's deltas a
 and dropped before the next. Beyond the inputs (base + branch deltas) one tensor's merge peaks at
 about 2.3x (linear, task arithmetic), 2.8x (medusa), 3.8x (DARE linear / task arithmetic) and
 5.9x (TIES, DARE-TIES) that tensor, its merged output included (measured, 3 branches, 20M
-elements, glibc mmap threshold 1 MiB so freed memory leaves RSS).
+elements, glibc mmap threshold 1 MiB so freed memory leaves RSS). The medusa figure is its
+sign-election path (uncontrolled branches); with controlled branches only, the sum accumulates in
+the first branch's delta when that was read for the merge, and disjointness is checked by counts.
 A branch that omits a tensor has a zero delta there.
 
 Every method accumulates in fp32 over the branches in sorted-name order and casts the result to the
@@ -44,6 +46,8 @@ class _Pairs(Sequence[tuple[str, torch.Tensor]]):
         self._name, self._base, self._deltas = name, base, deltas
         self._branches = sorted(deltas)
         self._checked: set[str] = set()
+        # a _Column knows whether a branch's mapping reads a new tensor on every access
+        self._new_tensors = getattr(deltas, "new_tensors", None)
 
     def __len__(self) -> int:
         return len(self._branches)
@@ -52,6 +56,42 @@ class _Pairs(Sequence[tuple[str, torch.Tensor]]):
     def branches(self) -> list[str]:
         """The branch names, in order, without fetching any delta."""
         return list(self._branches)
+
+    def fetch(self, i: int, check: bool = True) -> tuple[str, torch.Tensor, bool]:
+        """``(branch, fp32 delta, owned)``: ``owned`` when the tensor is new to this call (read
+        from disk or converted), so the caller may modify it in place; ``check=False`` skips the
+        finiteness check (for a caller that checks a sum of the deltas instead, see
+        :meth:`check_finite`)."""
+        branch, name, base = self._branches[i], self._name, self._base
+        source = self._deltas[branch]
+        owned = self._new_tensors is not None and bool(self._new_tensors(branch))
+        if tuple(source.shape) != tuple(base.shape):
+            raise MergeError(
+                f"{name}: branch {branch!r} sent a delta of shape {tuple(source.shape)}, expected "
+                f"the base's shape {tuple(base.shape)}; merge aborted, nothing written"
+            )
+        d = source.detach() if source.requires_grad else source
+        d = d.to(device=base.device, dtype=torch.float32)  # the same tensor when it already is
+        owned = owned or d is not source
+        if check and branch not in self._checked:
+            # a finite sum implies finite entries (NaN/Inf propagate); count only on the slow path
+            if not bool(torch.isfinite(d.sum())):
+                self._raise_if_not_finite(branch, d)
+            self._checked.add(branch)
+        return branch, d, owned
+
+    def check_finite(self) -> None:
+        """Raise the MergeError of the first branch with a NaN/Inf delta (fetches each again)."""
+        for i in range(len(self)):
+            self.fetch(i)
+
+    def _raise_if_not_finite(self, branch: str, d: torch.Tensor) -> None:
+        if not bool(torch.isfinite(d).all()):
+            bad = d.numel() - int(torch.count_nonzero(torch.isfinite(d)))
+            raise MergeError(
+                f"{self._name}: branch {branch!r} sent {bad:,} NaN/Inf delta value(s), expected "
+                "finite values; merge aborted, nothing written"
+            )
 
     @overload
     def __getitem__(self, i: int) -> tuple[str, torch.Tensor]: ...
@@ -62,25 +102,7 @@ class _Pairs(Sequence[tuple[str, torch.Tensor]]):
     ) -> tuple[str, torch.Tensor] | list[tuple[str, torch.Tensor]]:
         if isinstance(i, slice):
             return [self[j] for j in range(len(self))[i]]
-        branch, name, base = self._branches[i], self._name, self._base
-        d = self._deltas[branch]
-        if tuple(d.shape) != tuple(base.shape):
-            raise MergeError(
-                f"{name}: branch {branch!r} sent a delta of shape {tuple(d.shape)}, expected the "
-                f"base's shape {tuple(base.shape)}; merge aborted, nothing written"
-            )
-        if d.requires_grad:
-            d = d.detach()
-        d = d.to(device=base.device, dtype=torch.float32)  # the same tensor when it already is
-        if branch not in self._checked:
-            # a finite sum implies finite entries (NaN/Inf propagate); count only on the slow path
-            if not bool(torch.isfinite(d.sum())) and not bool(torch.isfinite(d).all()):
-                bad = d.numel() - int(torch.count_nonzero(torch.isfinite(d)))
-                raise MergeError(
-                    f"{name}: branch {branch!r} sent {bad:,} NaN/Inf delta value(s), expected "
-                    "finite values; merge aborted, nothing written"
-                )
-            self._checked.add(branch)
+        branch, d, _ = self.fetch(i)
         return branch, d
 
     def __iter__(self) -> Iterator[tuple[str, torch.Tensor]]:
@@ -99,6 +121,10 @@ class _Column(Mapping[str, torch.Tensor]):
         if branch not in self._branches:
             raise KeyError(branch)
         return self._deltas[branch][self._name]
+
+    def new_tensors(self, branch: str) -> bool:
+        """Whether each access to ``branch`` returns a new tensor (a lazy file, not a dict)."""
+        return bool(getattr(self._deltas[branch], "returns_new_tensors", False))
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._branches)

@@ -45,9 +45,11 @@ def medusa_delta(
     name: str, deltas: Branches, like: torch.Tensor, scale: float, uncontrolled: Collection[str]
 ) -> tuple[torch.Tensor, TensorReport]:
     """Algorithm 3 on one tensor: disjoint sum; sign election where uncontrolled overlaps."""
+    uncontrolled = frozenset(uncontrolled) & {branch for branch, _ in _names(deltas)}
+    if not uncontrolled:
+        return _disjoint_sum(name, deltas, like, scale)
     acc = torch.zeros(like.shape, dtype=torch.float32, device=like.device)
     touch = torch.zeros(like.shape, dtype=torch.int16, device=like.device)  # branches per element
-    uncontrolled = frozenset(uncontrolled) & {branch for branch, _ in _names(deltas)}
     # with uncontrolled branches, track which elements a controlled one changed (to tell a broken
     # ownership map from an overlap to elect); without, any overlap is broken: checked after
     claimed = (
@@ -87,6 +89,50 @@ def medusa_delta(
     if scale != 1.0:
         acc.mul_(scale)
     return acc, TensorReport(like.numel(), touched, dict(touched), overlap, elected, discarded)
+
+
+def _disjoint_sum(
+    name: str, deltas: Branches, like: torch.Tensor, scale: float
+) -> tuple[torch.Tensor, TensorReport]:
+    """Only controlled branches: ``scale * sum_i delta_i``, their disjointness checked by counts.
+
+    At an element only one branch changed, the fp32 sum is that branch's value exactly (adding
+    zeros is exact), so the sum has as many nonzeros as the branches together; fewer means two
+    branches changed one element (a broken ownership map). One finiteness check of the sum covers
+    every branch (a NaN/Inf term makes the sum non-finite); only then is each branch checked, to
+    name it. Two passes per branch (count, add) and the sum accumulates in the first branch's
+    tensor when that one was read for this merge.
+    """
+    fetch = getattr(deltas, "fetch", None)
+    acc: torch.Tensor | None = None
+    touched: dict[str, int] = {}
+    for i in range(len(deltas)):
+        if fetch is not None:
+            branch, d, owned = fetch(i, check=False)
+        else:
+            (branch, d), owned = deltas[i], False
+        touched[branch] = _nonzeros(d)
+        if acc is None:
+            acc = d if owned else d.clone()
+        else:
+            acc.add_(d)  # the plain sum, in sorted branch order
+        del d  # a lazy branch holds one delta at a time
+    if acc is None:
+        acc = torch.zeros(like.shape, dtype=torch.float32, device=like.device)
+    if not bool(torch.isfinite(acc.sum())) and fetch is not None:
+        deltas.check_finite()  # type: ignore[attr-defined]  # names a NaN/Inf branch, if any
+    if sum(touched.values()) != _nonzeros(acc):
+        _find_overlap(name, deltas, like)  # some two branches overlap: name them
+    if scale != 1.0:
+        acc.mul_(scale)
+    return acc, TensorReport(like.numel(), touched, dict(touched), 0, 0, 0)
+
+
+def _nonzeros(t: torch.Tensor) -> int:
+    """Nonzero entries of a float tensor, counted on a bool copy: ``count_nonzero`` on the floats
+    branches per element (~6 ns each where zeros and nonzeros mix, as in an owned delta; 2.2 on
+    bool, measured on 16M fp32 elements, one thread)."""
+    return int(torch.count_nonzero(t != 0))
 
 
 def _names(deltas: Branches) -> list[tuple[str, None]]:

@@ -59,6 +59,8 @@ def _bytes_of(t: torch.Tensor) -> memoryview:
 class SafetensorsFile(Mapping[str, torch.Tensor]):
     """The tensors of one safetensors file, each read from disk on access (never mapped)."""
 
+    returns_new_tensors = True  # every access reads a new tensor the caller owns
+
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         try:
@@ -107,6 +109,10 @@ class SafetensorsFile(Mapping[str, torch.Tensor]):
                 done += got
         return out
 
+    def __contains__(self, name: object) -> bool:
+        # Mapping's default would read the tensor (it calls __getitem__); the header answers
+        return name in self._entries
+
     def __iter__(self) -> Iterator[str]:
         return iter(self._entries)
 
@@ -116,6 +122,8 @@ class SafetensorsFile(Mapping[str, torch.Tensor]):
 
 class ShardedTensors(Mapping[str, torch.Tensor]):
     """Tensors of a safetensors file or a model folder (its index json, else every shard)."""
+
+    returns_new_tensors = True  # every access reads a new tensor the caller owns
 
     def __init__(self, path: Path) -> None:
         path = Path(path)
@@ -143,6 +151,9 @@ class ShardedTensors(Mapping[str, torch.Tensor]):
 
     def __getitem__(self, name: str) -> torch.Tensor:
         return self._where[name][name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._where
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._where)

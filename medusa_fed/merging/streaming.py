@@ -34,6 +34,8 @@ class LazyDeltas(Mapping[str, torch.Tensor]):
     Only the base's floating-point tensors are deltas; both mappings may be lazy.
     """
 
+    returns_new_tensors = True  # every access computes a new tensor the caller owns
+
     def __init__(self, tuned: Mapping[str, torch.Tensor], base: Mapping[str, torch.Tensor]):
         self._tuned, self._base = tuned, base
         floats = [n for n, (_, dtype) in layout_of(base).items() if dtype.is_floating_point]
@@ -49,6 +51,9 @@ class LazyDeltas(Mapping[str, torch.Tensor]):
         if name not in self._names:
             raise KeyError(name)
         return self._tuned[name].float() - self._base[name].float()
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._names
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._names)

@@ -132,15 +132,16 @@ def test_controlled_overlap_raises_naming_tensor_branches_and_count():
     assert merged.tolist() == [1.0, 0.0, 1.0, 1.5, 0.0]
 
 
+@pytest.mark.parametrize("method", ["ties", "medusa"])
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
-def test_non_finite_delta_raises_naming_branch_and_tensor(bad):
+def test_non_finite_delta_raises_naming_branch_and_tensor(bad, method):
     # Prepare
     base = {"layer.0.weight": torch.zeros(3)}
     deltas = {"ok": {"layer.0.weight": torch.zeros(3)}, "legal": {"layer.0.weight": torch.zeros(3)}}
     deltas["legal"]["layer.0.weight"][1] = bad
     # Execute / Assert
     with pytest.raises(MergeError, match=r"layer\.0\.weight: branch 'legal' sent 1 NaN/Inf"):
-        merge_states(base, deltas, MergeSpec("ties"))
+        merge_states(base, deltas, MergeSpec(method))
 
 
 def test_shape_mismatch_raises_with_both_shapes():

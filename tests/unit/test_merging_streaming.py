@@ -255,3 +255,74 @@ def _golden_merges() -> dict[str, str]:
 def test_merges_are_bit_identical_to_the_code_before_streaming():
     found = _golden_merges()
     assert {m: found[m] for m in BEFORE} == BEFORE
+
+
+def _write(
+    tmp_path: Path, tensors: dict[str, dict[str, torch.Tensor]]
+) -> dict[str, SafetensorsFile]:
+    for b, d in tensors.items():
+        save_file(d, str(tmp_path / f"{b}.safetensors"))
+    return {b: SafetensorsFile(tmp_path / f"{b}.safetensors") for b in tensors}
+
+
+def test_medusa_merge_of_files_names_a_nan_branch_and_an_overlap(tmp_path):
+    # Prepare: the disjoint sum checks one sum instead of each branch, then names the culprit
+    base = {"w": torch.zeros(6)}
+    nan = {"a": {"w": torch.tensor([1.0, 0, 0, 0, 0, 0])}, "b": {"w": torch.zeros(6)}}
+    nan["b"]["w"][4] = float("nan")
+    both = {"a": {"w": torch.tensor([1.0, 2.0, 0, 0, 0, 0])}, "c": {"w": torch.zeros(6)}}
+    both["c"]["w"][1] = -2.0  # a and c changed element 1: the sum there cancels to 0
+    files_base = _write(tmp_path, {"base": base})["base"]
+    # Execute / Assert
+    with pytest.raises(MergeError, match=r"w: branch 'b' sent 1 NaN/Inf delta value"):
+        merge_to_folder(files_base, _write(tmp_path, nan), MergeSpec("medusa"), tmp_path / "o")
+    with pytest.raises(MergeError, match=r"w: controlled branches 'a' and 'c' both changed 1 "):
+        merge_to_folder(files_base, _write(tmp_path, both), MergeSpec("medusa"), tmp_path / "o")
+    assert not list((tmp_path / "o").glob("*"))  # nothing written, nothing left half-written
+
+
+def test_medusa_merge_of_finite_branches_that_overflow_blames_the_merge_not_a_branch(tmp_path):
+    # Prepare: two owners of different elements, then a scale that overflows fp32
+    base = {"w": torch.zeros(2)}
+    deltas = {"a": {"w": torch.tensor([3e38, 0.0])}, "b": {"w": torch.tensor([0.0, -3e38])}}
+    # Execute / Assert
+    with pytest.raises(MergeError, match=r"expected finite merged weights, found 2 inf/NaN"):
+        merge_to_folder(
+            base, _write(tmp_path, deltas), MergeSpec("medusa", scale=2.0), tmp_path / "o"
+        )
+
+
+def test_merge_leaves_in_memory_deltas_as_they_were():
+    # Prepare: the disjoint sum accumulates in place only into tensors it read itself
+    base = {"w": torch.zeros(4), "h": torch.zeros(4, dtype=torch.bfloat16)}
+    deltas = {
+        "a": {"w": torch.tensor([1.0, 0, 0, 0]), "h": torch.tensor([0.5, 0, 0, 0])},
+        "b": {"w": torch.tensor([0, 2.0, 0, 0]), "h": torch.tensor([0, 0.25, 0, 0])},
+    }
+    before = {b: {n: t.clone() for n, t in d.items()} for b, d in deltas.items()}
+    # Execute
+    merged = merge_states(base, deltas, MergeSpec("medusa"))
+    # Assert
+    assert merged["w"].tolist() == [1.0, 2.0, 0.0, 0.0]
+    assert merged["h"].tolist() == [0.5, 0.25, 0.0, 0.0]
+    for b, d in deltas.items():
+        for n, t in d.items():
+            assert torch.equal(t, before[b][n]), (b, n)
+
+
+def test_membership_reads_the_header_not_the_tensor(tmp_path, monkeypatch):
+    # Prepare
+    save_file({"w": torch.zeros(8)}, str(tmp_path / "m.safetensors"))
+    f, sharded = (
+        SafetensorsFile(tmp_path / "m.safetensors"),
+        ShardedTensors(tmp_path / "m.safetensors"),
+    )
+    lazy = LazyDeltas(f, f)
+    reads: list[int] = []
+    real = __import__("os").preadv
+    monkeypatch.setattr("os.preadv", lambda *a: reads.append(1) or real(*a))
+    # Execute / Assert
+    assert "w" in f and "w" in sharded and "w" in lazy
+    assert "x" not in f and "x" not in sharded and "x" not in lazy
+    assert reads == []
+    assert float(f["w"].sum()) == 0.0 and reads == [1]  # a read does go through the patched call
