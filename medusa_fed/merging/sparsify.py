@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from dataclasses import dataclass
 
 import torch
 
@@ -51,44 +52,100 @@ def _top_bucket(hist: torch.Tensor, k: int) -> tuple[int, int]:
     return hist.numel() - 1 - j, above
 
 
-def magnitude_keep_mask(delta: torch.Tensor, density: float) -> torch.Tensor:
-    """True at the ``trim_count(numel, density)`` entries of largest ``|delta|`` (per tensor).
+@dataclass(frozen=True)
+class MagnitudeCut:
+    """Where one tensor's magnitude trim falls: keep every entry with ``|delta|`` above
+    ``threshold`` and the first ``ties`` (by position) of the ``equal`` entries equal to it."""
+
+    threshold: float
+    ties: int
+    equal: int
+
+    @property
+    def keeps_whole_tie(self) -> bool:
+        """Whether ``|delta| >= threshold`` is the kept set (every tied entry fits, or the tie is
+        at zero, where keeping a zero changes nothing)."""
+        return self.ties == self.equal or self.threshold == 0.0
+
+
+def magnitude_cut(delta: torch.Tensor, density: float) -> MagnitudeCut | None:
+    """The cut of the magnitude trim (``None``: every entry is kept).
 
     Exact selection by a two-pass radix select on the fp32 bit patterns of ``|delta|`` (16 high
-    bits, then 16 low bits), streamed in chunks: memory stays near the bool mask, where
-    ``torch.topk`` would copy values and indices (about 5.6x the tensor). Entries equal to the k-th
-    largest magnitude are taken by position, lowest first. Same kept set as PEFT's ``topk``
-    whenever that magnitude is not tied.
+    bits, then 16 low bits), streamed in chunks: memory stays near one chunk, where ``torch.topk``
+    would copy values and indices (about 5.6x the tensor). The second pass histograms every
+    entry, those outside the chosen high bucket clamped into two spare buckets (a boolean gather of
+    the bucket's entries costs ~3x more).
     """
     flat = delta.detach().reshape(-1).to(torch.float32)
     numel = flat.numel()
     k = trim_count(numel, density)
     if k >= numel:
-        return torch.ones(delta.shape, dtype=torch.bool, device=delta.device)
+        return None
     starts = range(0, numel, _CHUNK)
     # pass 1: histogram of the high 16 bits (sign bit is 0, so 32,768 buckets)
     hist = torch.zeros(1 << 15, dtype=torch.int64, device=flat.device)
     for s in starts:
         hist += torch.bincount(_abs_bits(flat, s) >> 16, minlength=1 << 15)
     high, above_high = _top_bucket(hist, k)
-    # pass 2: histogram of the low 16 bits inside that bucket
-    hist = torch.zeros(1 << 16, dtype=torch.int64, device=flat.device)
+    # pass 2: histogram of the low 16 bits inside that bucket; bucket 0 holds everything below
+    # it, bucket 65537 everything above
+    hist = torch.zeros((1 << 16) + 2, dtype=torch.int64, device=flat.device)
     for s in starts:
-        bits = _abs_bits(flat, s)
-        hist += torch.bincount(bits[(bits >> 16) == high] & 0xFFFF, minlength=1 << 16)
+        low = _abs_bits(flat, s).sub_((high << 16) - 1).clamp_(0, (1 << 16) + 1)
+        hist += torch.bincount(low, minlength=(1 << 16) + 2)
+    hist = hist[1:-1]
     low, above_low = _top_bucket(hist, k - above_high)
-    threshold = (high << 16) | low  # bit pattern of the k-th largest magnitude
-    ties_needed = k - above_high - above_low  # entries equal to it that still fit
-    # pass 3: keep everything above the threshold, and the first ties by position
-    keep = torch.zeros(numel, dtype=torch.bool, device=flat.device)
-    for s in starts:
-        bits = _abs_bits(flat, s)
-        keep[s : s + bits.numel()] = bits > threshold
-        if ties_needed > 0:
-            tied = torch.nonzero(bits == threshold).reshape(-1)[:ties_needed]
-            keep[s + tied] = True
-            ties_needed -= tied.numel()
+    bits = (high << 16) | low  # bit pattern of the k-th largest magnitude
+    threshold = float(torch.tensor([bits], dtype=torch.int32).view(torch.float32))
+    ties = k - above_high - above_low  # entries equal to it that still fit
+    return MagnitudeCut(threshold, ties, int(hist[low]))
+
+
+def magnitude_keep_mask(delta: torch.Tensor, density: float) -> torch.Tensor:
+    """True at the ``trim_count(numel, density)`` entries of largest ``|delta|`` (per tensor).
+
+    See :func:`magnitude_cut`. Entries equal to the k-th largest magnitude are taken by position,
+    lowest first. Same kept set as PEFT's ``topk`` whenever that magnitude is not tied.
+    """
+    cut = magnitude_cut(delta, density)
+    if cut is None:
+        return torch.ones(delta.shape, dtype=torch.bool, device=delta.device)
+    return _keep_mask(delta, cut)
+
+
+def _keep_mask(delta: torch.Tensor, cut: MagnitudeCut) -> torch.Tensor:
+    """The bool keep mask of ``cut``: above the threshold, plus the first ``ties`` equal to it."""
+    flat = delta.detach().reshape(-1).to(torch.float32)
+    if cut.ties == cut.equal:
+        return (flat.abs() >= cut.threshold).view(delta.shape)
+    keep = flat.abs() > cut.threshold
+    ties_needed = cut.ties
+    for s in range(0, flat.numel(), _CHUNK):
+        if ties_needed <= 0:
+            break
+        tied = torch.nonzero(flat[s : s + _CHUNK].abs() == cut.threshold).reshape(-1)
+        tied = tied[:ties_needed]
+        keep[s + tied] = True
+        ties_needed -= tied.numel()
     return keep.view(delta.shape)
+
+
+def trim_(delta: torch.Tensor, cut: MagnitudeCut | None, scratch: torch.Tensor) -> torch.Tensor:
+    """Zero, in place, the entries of fp32 ``delta`` the trim drops; returns ``delta``.
+
+    ``scratch``: an fp32 tensor of ``delta``'s shape, overwritten. Where ``|delta| >= threshold``
+    is the kept set the drop is a multiply by a 0/1 fp32 mask (comparisons and masks in bool run
+    3-5x slower on CPU); dropped entries become zeros, possibly ``-0.0`` (as PEFT's ``* mask``).
+    """
+    if cut is None:
+        return delta
+    if cut.keeps_whole_tie:
+        if cut.threshold > 0.0:  # at a zero threshold everything nonzero is kept already
+            torch.abs(delta, out=scratch)
+            delta.mul_(torch.ge(scratch, cut.threshold, out=scratch))
+        return delta
+    return delta.mul_(_keep_mask(delta, cut))  # ties by position: rare, a bool mask
 
 
 def dare_seed(seed: int, tensor: str, branch: str) -> int:
