@@ -92,8 +92,8 @@ def magnitude_cut(delta: torch.Tensor, density: float) -> MagnitudeCut | None:
     # it, bucket 65537 everything above
     hist = torch.zeros((1 << 16) + 2, dtype=torch.int64, device=flat.device)
     for s in starts:
-        low = _abs_bits(flat, s).sub_((high << 16) - 1).clamp_(0, (1 << 16) + 1)
-        hist += torch.bincount(low, minlength=(1 << 16) + 2)
+        offsets = _abs_bits(flat, s).sub_((high << 16) - 1).clamp_(0, (1 << 16) + 1)
+        hist += torch.bincount(offsets, minlength=(1 << 16) + 2)
     hist = hist[1:-1]
     low, above_low = _top_bucket(hist, k - above_high)
     bits = (high << 16) | low  # bit pattern of the k-th largest magnitude
