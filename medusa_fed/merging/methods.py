@@ -42,6 +42,7 @@ from medusa_fed.merging.sparsify import (
     dare_keep_mask,
     dare_seed,
     magnitude_cut,
+    magnitude_trim_,
     trim_,
 )
 from medusa_fed.merging.spec import MergeSpec
@@ -256,8 +257,12 @@ def baseline_delta(
     for i in range(len(deltas)):
         branch, d, owned = _fetch(deltas, i)
         touched[branch] = _nonzeros_into(d, touch, scratch)
-        step = _sparsify_step(name, spec, branch, d)
-        sparse = _sparsified(spec, d, owned, step, scratch)
+        if spec.info.sparsify == "magnitude":  # |d| once for the cut and the trim
+            sparse, cut = magnitude_trim_(d if owned else d.clone(), spec.density, scratch)
+            step: Step = (cut, None, None)
+        else:
+            step = _sparsify_step(name, spec, branch, d)
+            sparse = _sparsified(spec, d, owned, step, scratch)
         kept[branch] = _nonzeros_into(sparse, kept_touch, scratch)
         if ties:
             steps.append(step)  # a DARE mask: one byte per element; a cut: nothing
