@@ -24,6 +24,7 @@ from medusa_fed.merging import (
     merge_tensor,
     trim_count,
 )
+from medusa_fed.merging.sparsify import magnitude_trim_
 
 BRANCHES = ("alpha", "beta", "gamma")
 
@@ -218,3 +219,24 @@ def test_magnitude_keep_mask_takes_tied_magnitudes_by_position():
     keep = magnitude_keep_mask(delta, 0.5)
     # Assert
     assert keep.tolist() == [False, True, True, True, False, False, True, False]
+
+
+@pytest.mark.parametrize("density", [0.003, 0.5, 0.97])
+def test_trim_across_chunks_with_ties_is_the_stable_sorted_top_k(density):
+    # Prepare: 5M entries (two of the select's 4M-entry chunks), magnitudes on a coarse grid so the
+    # cut is tied many times over, 30% exact zeros; the reference is an independent stable sort
+    g = torch.Generator().manual_seed(7)
+    delta = torch.round(torch.randn(5_000_000, generator=g) * 20) / 400
+    delta[torch.rand(delta.shape, generator=g) < 0.3] = 0.0
+    k = trim_count(delta.numel(), density)
+    order = torch.sort(delta.abs(), descending=True, stable=True).indices
+    expected = torch.zeros(delta.numel(), dtype=torch.bool)
+    expected[order[:k]] = True
+    # Execute
+    keep = magnitude_keep_mask(delta, density)
+    trimmed, cut = magnitude_trim_(delta.clone(), density, torch.empty_like(delta))
+    # Assert: the kept set; the in-place trim keeps the same values (a zero kept or not is a zero)
+    assert torch.equal(keep, expected)
+    assert torch.equal(trimmed, torch.where(expected, delta, 0.0))
+    assert cut is not None
+    assert cut.threshold == 0.0 or cut.equal > cut.ties > 0  # the cut falls inside a tie
