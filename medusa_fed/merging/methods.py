@@ -41,7 +41,6 @@ from medusa_fed.merging.sparsify import (
     apply_keep,
     dare_keep_mask,
     dare_seed,
-    magnitude_cut,
     magnitude_trim_,
     trim_,
 )
@@ -209,12 +208,10 @@ Step = tuple[MagnitudeCut | None, torch.Tensor | None, float | None]
 
 
 def _sparsify_step(name: str, spec: MergeSpec, branch: str, d: torch.Tensor) -> Step:
-    """How a branch's delta is sparsified, decided once (pass 1) and replayed in TIES's pass 2:
-    ``(magnitude cut, None, None)``, ``(None, DARE keep mask, rescale)`` or nothing."""
-    kind = spec.info.sparsify
-    if kind == "magnitude":
-        return magnitude_cut(d, spec.density), None, None
-    if kind == "dare":
+    """How a branch's delta is DARE-sparsified, decided once (pass 1) and replayed in TIES's
+    pass 2: ``(None, keep mask, rescale)``, or nothing (the magnitude trim's step is the cut
+    :func:`magnitude_trim_` returns)."""
+    if spec.info.sparsify == "dare":
         seed = dare_seed(spec.seed, name, branch)
         keep = dare_keep_mask(d.shape, spec.drop_rate, seed, d.device)
         return None, keep, 1.0 - spec.drop_rate

@@ -292,8 +292,9 @@ def test_medusa_merge_of_finite_branches_that_overflow_blames_the_merge_not_a_br
         )
 
 
-def test_merge_leaves_in_memory_deltas_as_they_were():
-    # Prepare: the disjoint sum accumulates in place only into tensors it read itself
+@pytest.mark.parametrize("method", ["medusa", "ties", "dare_ties", "task_arithmetic", "linear"])
+def test_merge_leaves_in_memory_deltas_as_they_were(method):
+    # Prepare: merges work in place only on tensors they read or converted themselves
     base = {"w": torch.zeros(4), "h": torch.zeros(4, dtype=torch.bfloat16)}
     deltas = {
         "a": {"w": torch.tensor([1.0, 0, 0, 0]), "h": torch.tensor([0.5, 0, 0, 0])},
@@ -301,10 +302,11 @@ def test_merge_leaves_in_memory_deltas_as_they_were():
     }
     before = {b: {n: t.clone() for n, t in d.items()} for b, d in deltas.items()}
     # Execute
-    merged = merge_states(base, deltas, MergeSpec("medusa"))
+    merged = merge_states(base, deltas, MergeSpec(method))
     # Assert
-    assert merged["w"].tolist() == [1.0, 2.0, 0.0, 0.0]
-    assert merged["h"].tolist() == [0.5, 0.25, 0.0, 0.0]
+    if method == "medusa":
+        assert merged["w"].tolist() == [1.0, 2.0, 0.0, 0.0]
+        assert merged["h"].tolist() == [0.5, 0.25, 0.0, 0.0]
     for b, d in deltas.items():
         for n, t in d.items():
             assert torch.equal(t, before[b][n]), (b, n)
