@@ -294,10 +294,11 @@ def test_medusa_merge_of_finite_branches_that_overflow_blames_the_merge_not_a_br
 
 @pytest.mark.parametrize("method", ["medusa", "ties", "dare_ties", "task_arithmetic", "linear"])
 def test_merge_leaves_in_memory_deltas_as_they_were(method):
-    # Prepare: merges work in place only on tensors they read or converted themselves
+    # Prepare: merges work in place only on tensors they read or converted themselves; the
+    # TIES trim (density 0.2 keeps 1 of 4) and DARE drop change branch a's -0.5
     base = {"w": torch.zeros(4), "h": torch.zeros(4, dtype=torch.bfloat16)}
     deltas = {
-        "a": {"w": torch.tensor([1.0, 0, 0, 0]), "h": torch.tensor([0.5, 0, 0, 0])},
+        "a": {"w": torch.tensor([1.0, 0, 0, -0.5]), "h": torch.tensor([0.5, 0, 0, 0])},
         "b": {"w": torch.tensor([0, 2.0, 0, 0]), "h": torch.tensor([0, 0.25, 0, 0])},
     }
     before = {b: {n: t.clone() for n, t in d.items()} for b, d in deltas.items()}
@@ -305,7 +306,7 @@ def test_merge_leaves_in_memory_deltas_as_they_were(method):
     merged = merge_states(base, deltas, MergeSpec(method))
     # Assert
     if method == "medusa":
-        assert merged["w"].tolist() == [1.0, 2.0, 0.0, 0.0]
+        assert merged["w"].tolist() == [1.0, 2.0, 0.0, -0.5]
         assert merged["h"].tolist() == [0.5, 0.25, 0.0, 0.0]
     for b, d in deltas.items():
         for n, t in d.items():
