@@ -77,6 +77,13 @@ def check_masks(
             )
         if mask.dtype not in (torch.bool, torch.uint8):
             raise MaskError(f"{name}: expected a bool or uint8 mask, found {mask.dtype}")
+        size = named_params[name].element_size()
+        if size not in _BITS:
+            raise MaskError(
+                f"{name}: expected a parameter of 1, 2, 4 or 8-byte elements (the guard works on "
+                f"their bits), found {named_params[name].dtype} ({size} bytes); masked "
+                "fine-tuning not started"
+            )
 
 
 class MaskedUpdate:

@@ -162,3 +162,13 @@ def test_mask_files_and_ownership_maps(tmp_path: Path) -> None:
         mask_from_ownership(tmp_path / "own.safetensors", "zed")
     with pytest.raises(MaskError, match="other than 0/1"):
         load_mask(tmp_path / "own.safetensors")
+
+
+def test_a_parameter_whose_elements_have_no_integer_view_is_refused_in_one_line() -> None:
+    # Prepare: complex128 (16-byte elements): the guard works on an integer view of the bits
+    named = {"z": torch.nn.Parameter(torch.zeros(3, dtype=torch.complex128))}
+    # Execute / Assert
+    with pytest.raises(
+        MaskError, match=r"z: expected a parameter of 1, 2, 4 or 8-byte .*complex128"
+    ):
+        MaskedUpdate(named, {"z": torch.tensor([True, False, True])})
