@@ -70,9 +70,9 @@ class _Pairs(Sequence[tuple[str, torch.Tensor]]):
                 f"{name}: branch {branch!r} sent a delta of shape {tuple(source.shape)}, expected "
                 f"the base's shape {tuple(base.shape)}; merge aborted, nothing written"
             )
-        d = source.detach() if source.requires_grad else source
-        d = d.to(device=base.device, dtype=torch.float32)  # the same tensor when it already is
-        owned = owned or d is not source
+        plain = source.detach() if source.requires_grad else source  # detach shares storage
+        d = plain.to(device=base.device, dtype=torch.float32)  # the same tensor when it already is
+        owned = owned or d is not plain  # converted: a copy of our own
         if check and branch not in self._checked:
             # a finite sum implies finite entries (NaN/Inf propagate); count only on the slow path
             if not bool(torch.isfinite(d.sum())):

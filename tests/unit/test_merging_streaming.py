@@ -301,7 +301,8 @@ def test_merge_leaves_in_memory_deltas_as_they_were(method):
         "a": {"w": torch.tensor([1.0, 0, 0, -0.5]), "h": torch.tensor([0.5, 0, 0, 0])},
         "b": {"w": torch.tensor([0, 2.0, 0, 0]), "h": torch.tensor([0, 0.25, 0, 0])},
     }
-    before = {b: {n: t.clone() for n, t in d.items()} for b, d in deltas.items()}
+    deltas["a"]["w"] = torch.nn.Parameter(deltas["a"]["w"])  # detached, it shares storage
+    before = {b: {n: t.detach().clone() for n, t in d.items()} for b, d in deltas.items()}
     # Execute
     merged = merge_states(base, deltas, MergeSpec(method))
     # Assert
