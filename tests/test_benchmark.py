@@ -181,6 +181,8 @@ def test_bench_modes_settings_and_variants():
         bench_config("quick", "qlora", "", "")
     with pytest.raises(typer.BadParameter, match=r"unknown \['rounds9'\]"):
         bench_config("quick", "full", "", "rounds9")
+    with pytest.raises(typer.BadParameter, match="non-negative integers, found '0,a'"):
+        bench_config("quick", "full", "0,a", "")
 
 
 def test_bench_llm_budget_is_its_own():

@@ -96,7 +96,12 @@ def bench_config(  # type: ignore[no-untyped-def]
         cfg.epochs = STANDARD_EPOCHS
         cfg.grid = STANDARD_GRID
     if seeds:
-        cfg.seeds = tuple(int(s) for s in seeds.split(","))
+        parts = [s.strip() for s in seeds.split(",")]
+        if not all(p.isdigit() for p in parts):
+            raise typer.BadParameter(
+                f"--seeds: expected comma-separated non-negative integers, found {seeds!r}"
+            )
+        cfg.seeds = tuple(int(p) for p in parts)
     if variants:
         unknown = [v for v in variants.split(",") if v not in VARIANTS]
         if unknown:
