@@ -112,6 +112,12 @@ class RunConfig:
             if value not in allowed:
                 raise ConfigError(f"{name}: expected one of {', '.join(allowed)}, found {value!r}")
 
+        for f in fields(self):  # every bound below is a comparison, which NaN passes silently
+            value = getattr(self, f.name)
+            if f.type == "float" and not (isinstance(value, int | float) and math.isfinite(value)):
+                raise ConfigError(
+                    f"{f.name.replace('_', '-')}: expected a finite number, found {value!r}"
+                )
         choice("model-family", self.model_family, get_args(Family))
         object.__setattr__(self, "model_family", family_of(self.model, self.model_family))
         choice("method", self.method, get_args(Method))
