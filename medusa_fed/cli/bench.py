@@ -3,6 +3,7 @@
     medusa bench --mode quick --out runs/bench-quick      # the smoke check: 15-25 min, one seed
     medusa bench --mode standard --out runs/bench-std     # converged budget, 3 seeds (~45 min each)
     medusa bench --mode standard --check-convergence      # each team alone at B and 2B
+    medusa bench --mode standard --lr 3e-4 --epochs 8     # the mode's data, another budget
     medusa bench --mode full --out runs/bench-full        # every variant, 3 seeds (many hours)
     medusa bench --combine runs/s0,runs/s1 --out runs/all # one report of runs made apart
     medusa bench --model smollm2-135m-instruct --method lora --variants default,lora-rank
@@ -16,6 +17,7 @@ prints the tables (also in ``results.md``) and writes ``results.json``, ``accura
 from __future__ import annotations
 
 import itertools
+import math
 import time
 from pathlib import Path
 from typing import Annotated
@@ -46,8 +48,12 @@ def bench_config(  # type: ignore[no-untyped-def]
     variants: str,
     medusa_only: bool = False,
     model: str = "all-MiniLM-L6-v2",
+    lr: float | None = None,
+    epochs: float | None = None,
+    max_train: int | None = None,
 ):
-    """The BenchConfig of a mode (``quick``, ``standard`` or ``full``), with optional overrides."""
+    """The BenchConfig of a mode (``quick``, ``standard`` or ``full``), with optional overrides
+    (``lr``, ``epochs``, ``max_train``: the budget's, in place of the mode's)."""
     from medusa_fed.training.config import family_of
     from simulations.benchmark import FULL_GRID, LLM_GRID, STANDARD_GRID, BenchConfig
     from simulations.variants import VARIANTS, default_variants
@@ -109,6 +115,12 @@ def bench_config(  # type: ignore[no-untyped-def]
                 f"--variants: unknown {unknown}; expected some of {', '.join(VARIANTS)}"
             )
         cfg.variants = tuple(VARIANTS[v] for v in variants.split(","))
+    for name, value in (("lr", lr), ("epochs", epochs), ("max-train", max_train)):
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise typer.BadParameter(f"--{name}: expected a finite number > 0, found {value}")
+    cfg.lr = cfg.lr if lr is None else lr
+    cfg.epochs = cfg.epochs if epochs is None else epochs
+    cfg.max_train = cfg.max_train if max_train is None else max_train
     cfg.medusa_only = medusa_only
     return cfg
 
@@ -162,6 +174,16 @@ def bench(
             "FedAvg with personal heads, ties = TIES each round), or 'none'."
         ),
     ] = "linear,ties",
+    lr: Annotated[
+        float | None,
+        Option(help="Learning rate, in place of the mode's (choose on validation)."),
+    ] = None,
+    epochs: Annotated[
+        float | None, Option(help="Fine-tuning epochs per team, in place of the mode's.")
+    ] = None,
+    max_train: Annotated[
+        int | None, Option(help="Training examples per team, in place of the mode's.")
+    ] = None,
     check_convergence: Annotated[
         bool,
         Option(
@@ -186,7 +208,7 @@ def bench(
 
     from medusa_fed.errors import MedusaError
 
-    cfg = bench_config(mode, method, seeds, variants, medusa_only, model)
+    cfg = bench_config(mode, method, seeds, variants, medusa_only, model, lr, epochs, max_train)
     names = [f.strip() for f in federated.split(",") if f.strip()]
     cfg.federated = () if names == ["none"] else tuple(names)
     try:  # every variant's run config is valid before the first run starts
