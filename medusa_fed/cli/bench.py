@@ -1,7 +1,7 @@
 """``medusa bench``: merged-model quality of Medusa variants against the post-hoc baselines.
 
     medusa bench --mode quick --out runs/bench-quick      # the smoke check: 15-25 min, one seed
-    medusa bench --mode standard --out runs/bench-std     # converged budget, 3 seeds (~45 min each)
+    medusa bench --mode standard --out runs/bench-std     # 4x quick's training, 3 seeds
     medusa bench --mode standard --check-convergence      # each team alone at B and 2B
     medusa bench --mode standard --lr 3e-4 --epochs 8     # the mode's data, another budget
     medusa bench --mode full --out runs/bench-full        # every variant, 3 seeds (many hours)
@@ -93,10 +93,10 @@ def bench_config(  # type: ignore[no-untyped-def]
     else:
         cfg.variants = default_variants()
     if mode == "standard":
-        # each team alone has converged at this budget (doubling it moves validation accuracy
-        # by less than a point: --check-convergence, docs/benchmarks.md); 3 and 4 teams, the
-        # quick grid with lambda up to 2 for the spectral merges, 3 seeds; about 45 min per seed
-        # on 2 idle cores (estimate in the docs)
+        # 4x quick mode's training per branch; 3 and 4 teams, the quick grid with lambda up to 2
+        # for the spectral merges, 3 seeds. Measured on seed 0 (docs/benchmarks.md): NOT yet
+        # converged (--check-convergence: movie / tweet gain 1.3 / 3.0 validation points at 8
+        # epochs), 63 min for the 3-team setting on one thread beside other jobs
         cfg.seeds = (0, 1, 2)
         cfg.max_train, cfg.max_eval = STANDARD_TRAIN, STANDARD_EVAL
         cfg.epochs = STANDARD_EPOCHS
@@ -130,8 +130,8 @@ def bench(
     mode: Annotated[
         str,
         Option(
-            help="quick (the smoke check, ~20 min), standard (converged budget, 3 seeds, ~45 min "
-            "per seed on 2 idle cores) or full (many hours)"
+            help="quick (the smoke check, ~20 min), standard (4x quick's training, 3 seeds, over "
+            "an hour per seed on 2 cores) or full (many hours)"
         ),
     ] = "quick",
     out: Annotated[Path, Option(help="Output directory.")] = Path("runs/bench"),
