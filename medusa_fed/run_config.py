@@ -138,7 +138,7 @@ class RunConfig:
             )
         if not 0.0 < self.max_share <= 1.0:  # NaN fails too
             raise ConfigError(f"max-share must be in (0, 1] (1 = no cap), found {self.max_share}")
-        if not (self.dp_clip >= 0 and self.dp_noise >= 0 and math.isfinite(self.dp_clip)):
+        if not (self.dp_clip >= 0 and self.dp_noise >= 0):
             raise ConfigError(
                 f"dp-clip and dp-noise must be >= 0 and finite (dp-clip 0 = off), found "
                 f"{self.dp_clip} and {self.dp_noise}"
@@ -147,7 +147,7 @@ class RunConfig:
             raise ConfigError(
                 f"dp-noise {self.dp_noise} needs dp-clip > 0 (the noise is dp-noise x dp-clip)"
             )
-        if not (self.update_norm_ratio >= 0 and math.isfinite(self.update_norm_ratio)):
+        if self.update_norm_ratio < 0:
             raise ConfigError(
                 f"update-norm-ratio must be >= 0 and finite (0 = no bound), found "
                 f"{self.update_norm_ratio}"
@@ -186,7 +186,7 @@ class RunConfig:
                 )
         if self.lr < 0:
             raise ConfigError(f"lr must be >= 0 (0 = method default), found {self.lr}")
-        if not (self.masked_lr_scale > 0 and math.isfinite(self.masked_lr_scale)):
+        if not (self.masked_lr_scale > 0):
             raise ConfigError(
                 f"masked-lr-scale must be > 0 and finite (1 = the lr unchanged), found "
                 f"{self.masked_lr_scale}"

@@ -183,6 +183,8 @@ def test_bench_modes_settings_and_variants():
         bench_config("quick", "full", "", "rounds9")
     with pytest.raises(typer.BadParameter, match="non-negative integers, found '0,a'"):
         bench_config("quick", "full", "0,a", "")
+    with pytest.raises(typer.BadParameter, match="non-negative integers, found '²'"):
+        bench_config("quick", "full", "²", "")  # a digit to str.isdigit, not to int()
     tuned = bench_config("standard", "full", "", "", lr=3e-4, epochs=8.0, max_train=1024)
     assert (tuned.lr, tuned.epochs, tuned.max_train) == (3e-4, 8.0, 1024)
     assert tuned.grid == standard.grid and tuned.max_eval == standard.max_eval

@@ -103,7 +103,7 @@ def bench_config(  # type: ignore[no-untyped-def]
         cfg.grid = STANDARD_GRID
     if seeds:
         parts = [s.strip() for s in seeds.split(",")]
-        if not all(p.isdigit() for p in parts):
+        if not all(p.isascii() and p.isdigit() for p in parts):  # '²'.isdigit() too
             raise typer.BadParameter(
                 f"--seeds: expected comma-separated non-negative integers, found {seeds!r}"
             )
