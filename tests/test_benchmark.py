@@ -195,15 +195,16 @@ def test_bench_modes_settings_and_variants():
 def test_bench_llm_budget_is_its_own():
     import typer
 
-    from medusa_fed.cli.bench import LLM_LR, LLM_TEAMS, bench_config
+    from medusa_fed.cli.bench import LLM_BUDGET, LLM_TEAMS, bench_config
 
     # Execute: no model is loaded to build a config
     lora = bench_config("quick", "lora", "", "default,lora-rank", model="smollm2-135m-instruct")
     ia3 = bench_config("quick", "ia3", "", "", model="SmolLM2-135M-Instruct")
-    # Assert: one 3-team setting, 2 seeds, the LLM grid and each adapter's own lr
+    # Assert: one 3-team setting, 2 seeds, the LLM grid and each adapter's own budget
     assert lora.settings == (LLM_TEAMS,) and lora.seeds == (0, 1)
-    assert lora.lr == LLM_LR["lora"] and ia3.lr == LLM_LR["ia3"] and ia3.method == "ia3"
-    assert (lora.max_train, lora.max_eval, lora.max_length) == (48, 32, 96)
+    assert (lora.max_train, lora.epochs, lora.lr) == LLM_BUDGET["lora"] == (64, 3.0, 3e-3)
+    assert (ia3.max_train, ia3.epochs, ia3.lr) == LLM_BUDGET["ia3"] == (64, 5.0, 1e-2)
+    assert ia3.method == "ia3" and (lora.max_eval, lora.max_length) == (32, 96)
     assert [v.name for v in lora.variants] == ["default", "lora-rank"]
     assert len(lora.grid) < len(bench_config("quick", "lora", "", "").grid)
     with pytest.raises(typer.BadParameter, match="expected quick for the causal LM"):
