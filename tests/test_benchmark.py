@@ -190,6 +190,14 @@ def test_bench_modes_settings_and_variants():
     assert tuned.grid == standard.grid and tuned.max_eval == standard.max_eval
     with pytest.raises(typer.BadParameter, match="--lr: expected a finite number > 0, found nan"):
         bench_config("quick", "full", "", "", lr=float("nan"))
+    four = bench_config("standard", "full", "", "", team_counts="4")
+    assert four.settings == (("movie", "tweet", "bbc", "spam"),) and four.seeds == (0, 1, 2)
+    assert [len(s) for s in bench_config("full", "full", "", "", team_counts="2,4").settings] == [
+        2
+    ] * 6 + [4]
+    for bad in ("5", "x", "3,"):
+        with pytest.raises(typer.BadParameter, match=r"among the mode's settings \(3, 4\)"):
+            bench_config("quick", "full", "", "", team_counts=bad)
 
 
 def test_bench_llm_budget_is_its_own():

@@ -57,9 +57,11 @@ def bench_config(  # type: ignore[no-untyped-def]
     lr: float | None = None,
     epochs: float | None = None,
     max_train: int | None = None,
+    team_counts: str = "",
 ):
     """The BenchConfig of a mode (``quick``, ``standard`` or ``full``), with optional overrides
-    (``lr``, ``epochs``, ``max_train``: the budget's, in place of the mode's)."""
+    (``lr``, ``epochs``, ``max_train``: the budget's, in place of the mode's; ``team_counts``:
+    only the mode's settings with that many teams, e.g. ``"4"`` or ``"2,3"``)."""
     from medusa_fed.training.config import family_of
     from simulations.benchmark import FULL_GRID, LLM_GRID, STANDARD_GRID, BenchConfig
     from simulations.variants import VARIANTS, default_variants
@@ -114,6 +116,8 @@ def bench_config(  # type: ignore[no-untyped-def]
                 f"--seeds: expected comma-separated non-negative integers, found {seeds!r}"
             )
         cfg.seeds = tuple(int(p) for p in parts)
+    if team_counts:
+        cfg.settings = _settings_with(cfg.settings, team_counts)
     if variants:
         unknown = [v for v in variants.split(",") if v not in VARIANTS]
         if unknown:
@@ -129,6 +133,23 @@ def bench_config(  # type: ignore[no-untyped-def]
     cfg.max_train = cfg.max_train if max_train is None else max_train
     cfg.medusa_only = medusa_only
     return cfg
+
+
+def _settings_with(
+    settings: tuple[tuple[str, ...], ...], team_counts: str
+) -> tuple[tuple[str, ...], ...]:
+    """The settings whose team count is one of ``team_counts`` (comma-separated integers)."""
+    have = sorted({len(s) for s in settings})
+    parts = [p.strip() for p in team_counts.split(",")]
+    if not all(p.isascii() and p.isdigit() for p in parts) or any(
+        int(p) not in have for p in parts
+    ):
+        raise typer.BadParameter(
+            f"--team-counts: expected comma-separated team counts among the mode's settings "
+            f"({', '.join(map(str, have))}), found {team_counts!r}"
+        )
+    counts = {int(p) for p in parts}
+    return tuple(s for s in settings if len(s) in counts)
 
 
 @app.command()
@@ -190,6 +211,13 @@ def bench(
     max_train: Annotated[
         int | None, Option(help="Training examples per team, in place of the mode's.")
     ] = None,
+    team_counts: Annotated[
+        str,
+        Option(
+            help="Only the mode's settings with these team counts, comma-separated (e.g. 4; "
+            "default: all of them)."
+        ),
+    ] = "",
     check_convergence: Annotated[
         bool,
         Option(
@@ -214,7 +242,9 @@ def bench(
 
     from medusa_fed.errors import MedusaError
 
-    cfg = bench_config(mode, method, seeds, variants, medusa_only, model, lr, epochs, max_train)
+    cfg = bench_config(
+        mode, method, seeds, variants, medusa_only, model, lr, epochs, max_train, team_counts
+    )
     names = [f.strip() for f in federated.split(",") if f.strip()]
     cfg.federated = () if names == ["none"] else tuple(names)
     try:  # every variant's run config is valid before the first run starts
