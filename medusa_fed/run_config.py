@@ -34,8 +34,9 @@ class RunConfig:
     probe_density: float = 0.2  # top-d of each tensor's probe delta sent to the coordinator
     assignment: Policy = "proportional"  # GPA owner draw (paper); argmax; balanced shares
     unselected: Unselected = "random"  # elements no probe selected: random owner, or stay at base
-    # what one owner gets: an element (the paper), or a whole LoRA rank component (row k of A with
-    # column k of B; the merged update is then exactly the sum of each team's own B_k A_k)
+    # what one owner gets: an element (the paper), a whole LoRA rank component (row k of A with
+    # column k of B; the merged update is then exactly the sum of each team's own B_k A_k), or a
+    # whole output row of each weight matrix (each team's update acts on its own neurons)
     ownership_unit: OwnershipUnit = "element"
     # what the owner draw compares across teams: each team's per-tensor ranks of its probe values
     # (no scale of a probe wins a share; medusa_fed/ownership/fairness.py), or raw magnitudes
@@ -127,6 +128,11 @@ class RunConfig:
         if self.ownership_unit == "lora-rank" and self.method != "lora":
             raise ConfigError(
                 f"ownership-unit = lora-rank: expected method = lora, found {self.method!r}"
+            )
+        if self.ownership_unit == "row" and self.method == "ia3":
+            raise ConfigError(
+                "ownership-unit = row: expected method = full or lora (IA3's vectors have no "
+                "rows), found 'ia3'"
             )
         choice("probe-weights", self.probe_weights, get_args(ProbeWeights))
         choice("downlink", self.downlink, get_args(Downlink))

@@ -17,7 +17,9 @@ a 1-epoch head re-fit): exactly what a coordinator would run with those keys.
 - ``tsv-owned``: the owned deltas merged TSV-style (``medusa_tsv``: TSV-M on every weight matrix,
   Algorithm 3 on the rest), lambda 1, 1.5 or 2 chosen on validation;
 - ``lora-rank`` (``--method lora`` only): whole LoRA rank components per owner instead of
-  adapter elements.
+  adapter elements;
+- ``row`` (not ``--method ia3``): whole rows of each weight matrix per owner (each team's update
+  of a matrix acts on its own output neurons), vectors by element.
 
 Two variants of earlier benchmarks are gone because no coordinator setting expresses them: the
 ``lr_scale`` variants (every Medusa branch, uncontrolled ones included, at a scaled lr) and the
@@ -48,6 +50,7 @@ VARIANTS: dict[str, MedusaVariant] = {
         MedusaVariant("no-refit", (("refit-epochs", 0.0),)),
         *(MedusaVariant(f"mlr{k}", (("masked-lr-scale", float(k)),)) for k in (2, 3, 4)),
         MedusaVariant("lora-rank", (("ownership-unit", "lora-rank"),)),  # --method lora only
+        MedusaVariant("row", (("ownership-unit", "row"),)),  # not --method ia3
     )
 }
 

@@ -499,3 +499,31 @@ def test_federated_anchors_train_in_rounds_from_each_merge_with_personal_heads(
     first = base[some] + torch.stack([round1[t][some] for t in sorted(round1)]).sum(0) / 3
     second = first + torch.stack([round2[t][some] for t in sorted(round2)]).sum(0) / 3
     assert torch.allclose(merged[some], second, atol=1e-6)
+
+
+def test_row_ownership_masks_whole_rows_and_the_merge_stays_exact(tiny_bert, tiny_tasks, tmp_path):
+    # Prepare
+    grid = _grid(tiny_tasks)
+    # Execute: full fine-tuning, one owner per row of every weight matrix
+    report, strategy = _run(tiny_bert, tmp_path / "run", grid, **{"ownership-unit": "row"})
+    # Assert: every row of every matrix has one owner; vectors are owned by element
+    run = RunDir(tmp_path / "run", readonly=True)
+    ownership = OwnershipMap.load(run.file_path("ownership.safetensors"))
+    matrices = [n for n, ids in ownership.owners.items() if ids.dim() == 2]
+    assert matrices
+    for name in matrices:
+        ids = ownership.owners[name]
+        assert (ids == ids[:, :1]).all(), name
+    vectors = [ids for ids in ownership.owners.values() if ids.dim() == 1 and ids.numel() > 3]
+    assert any(len(set(ids.tolist())) > 1 for ids in vectors)  # not one owner per vector
+    # each team trained its own rows only, and the merge is base + the owned deltas exactly
+    merged, _ = run.read_tensors("merged/medusa/shared.safetensors")
+    base = strategy.state.base.shared_state()
+    deltas = {t: run.read_tensors(f"train/{t}.safetensors")[0] for t in tiny_tasks}
+    for name, b in base.items():
+        expected = b.clone()
+        for team, d in deltas.items():
+            assert torch.count_nonzero(d[name][~ownership.mask(team)[name]]) == 0, name
+            expected += d[name]
+        assert torch.equal(merged[name], expected), name
+    assert all(t["status"] == "ok" for t in report["teams"])

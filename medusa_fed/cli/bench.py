@@ -94,9 +94,11 @@ def bench_config(  # type: ignore[no-untyped-def]
         cfg.max_train, cfg.max_eval = 1000, 500
         cfg.max_length = 128
         cfg.grid = FULL_GRID
-        # lora-rank owns whole LoRA rank components: a variant of LoRA runs only
+        # lora-rank owns whole LoRA rank components: a variant of LoRA only; IA3 has no rows
         cfg.variants = tuple(
-            v for v in VARIANTS.values() if method == "lora" or v.name != "lora-rank"
+            v
+            for v in VARIANTS.values()
+            if (method == "lora" or v.name != "lora-rank") and (method != "ia3" or v.name != "row")
         )
     else:
         cfg.variants = default_variants()

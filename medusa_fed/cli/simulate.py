@@ -65,7 +65,11 @@ def simulate(
         str, Option(help="Elements no probe selected: random | frozen")
     ] = "random",
     ownership_unit: Annotated[
-        str, Option(help="What one owner gets: element | lora-rank (whole LoRA rank components).")
+        str,
+        Option(
+            help="What one owner gets: element | lora-rank (whole LoRA rank components) | row "
+            "(whole rows of each weight matrix)."
+        ),
     ] = "element",
     probe_density: Annotated[float, Option(help="Top-d fraction of each probe delta.")] = 0.2,
     probe_weights: Annotated[

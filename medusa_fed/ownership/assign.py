@@ -52,7 +52,7 @@ logger = logging.getLogger(__name__)
 
 Policy = Literal["proportional", "argmax", "balanced"]
 Unselected = Literal["random", "frozen"]
-OwnershipUnit = Literal["element", "lora-rank"]
+OwnershipUnit = Literal["element", "lora-rank", "row"]
 __all__ = ["OwnershipUnit", "Policy", "Unselected", "assign_ownership", "owners_for_chunk"]
 
 

@@ -13,7 +13,7 @@ from medusa_fed.deltas import SparseDelta
 from medusa_fed.errors import ConfigError, MedusaError, PayloadError
 from medusa_fed.ownership import OwnershipMap, assign_ownership
 from medusa_fed.ownership.fairness import cap_shares, rank_weights
-from medusa_fed.ownership.lora_rank import component_probe, component_shapes, expand_components
+from medusa_fed.ownership.units import UNITS
 from medusa_fed.pipeline.state import RunState, send
 from medusa_fed.pipeline.transport import Transport
 from medusa_fed.protocol import ProbeReply, ProbeRequest
@@ -109,10 +109,12 @@ def assign(state: RunState) -> None:
         )
     cfg = state.config
     probes, space = load_probes(state), dict(state.shapes)
-    rank_unit = cfg.ownership_unit == "lora-rank"
-    if rank_unit:  # assign whole LoRA rank components, then write each owner to its elements
-        probes = {t: component_probe(p, state.shapes) for t, p in probes.items()}
-        space = component_shapes(state.shapes)
+    # a coarser unit (whole LoRA rank components, whole rows): assign in its space, then write
+    # each owner to its elements
+    unit = UNITS.get(cfg.ownership_unit)
+    if unit is not None:
+        probes = {t: unit.probe(p, state.shapes) for t, p in probes.items()}
+        space = unit.shapes(state.shapes)
     if cfg.probe_weights == "rank":  # comparable across teams: no scale wins a share
         probes = {team: rank_weights(p) for team, p in probes.items()}
     ownership = assign_ownership(
@@ -125,7 +127,7 @@ def assign(state: RunState) -> None:
         progress=True,
     )
     ownership = cap_shares(ownership, probes, cfg.max_share, cfg.seed)  # in the unit's space
-    state.ownership = expand_components(ownership, state.shapes) if rank_unit else ownership
+    state.ownership = unit.expand(ownership, state.shapes) if unit is not None else ownership
     state.ownership.save(state.run_dir.file_path("ownership.safetensors"))
     state.run_dir.record_file("ownership.safetensors")
     log.info("assign: owned elements per team %s", state.ownership.owned_counts())
