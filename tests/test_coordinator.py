@@ -121,6 +121,7 @@ def test_full_run_every_stage_and_exact_three_way_merge(tiny_bert, tiny_tasks, t
         assert set(team["metrics"]["merged"]) == {"medusa", "ties", "task_arithmetic"}
     shares = [t["owned_share"] for t in report["teams"]]
     assert sum(shares) == pytest.approx(1.0)
+    assert report["alone_from"] == "unmasked"  # the compared merges' unmasked branches
 
 
 def test_merged_team_model_loads_with_from_pretrained(tiny_bert, tiny_tasks, tmp_path):
@@ -253,6 +254,7 @@ def test_two_rounds_continue_from_the_merge_with_the_same_masks(tiny_bert, tiny_
             expected += run.read_tensors(f"train/{t}.safetensors")[0][name]
         assert torch.equal(merged[name], expected), name
     assert all(t["status"] == "ok" for t in report["teams"])
+    assert report["alone_from"] == "masked"  # nothing compared: no unmasked branch trained
     assert all("before" in t["metrics"] for t in report["teams"])  # floor kept from round 1
     # a restart asks nothing again and reproduces the result
     again = _grid(tiny_tasks)
@@ -309,6 +311,7 @@ def test_warm_start_round_one_starts_from_the_owned_probe_values(
             assert torch.equal(total[name], expected), (team, name)
             assert torch.count_nonzero(total[name][~mask[name]]) == 0
     assert all(t["status"] == "ok" for t in report["teams"])
+    assert report["alone_from"] == "masked"  # nothing compared: no unmasked branch trained
 
 
 def test_rounds_with_an_uncontrolled_team(tiny_bert, tiny_tasks, tmp_path):
@@ -322,6 +325,7 @@ def test_rounds_with_an_uncontrolled_team(tiny_bert, tiny_tasks, tmp_path):
     assert len(gamma) == 2 and all(ARRAYS_KEY not in m.content for m in gamma)
     assert START_KEY in gamma[1].content
     assert all(t["status"] == "ok" for t in report["teams"])
+    assert report["alone_from"] == "masked"  # nothing compared: no unmasked branch trained
     assert strategy.state.merge_stats["medusa"]["totals"]["sign_elected"] > 0
 
 
@@ -378,6 +382,7 @@ def test_head_refit_in_eval_for_every_method(tiny_bert, tiny_tasks, tmp_path):
     assert all(torch.equal(state[n], t) for n, t in refit.items() if n in state)
     assert any(n in state for n in refit)
     assert all(t["status"] == "ok" for t in report["teams"])
+    assert report["alone_from"] == "masked"  # nothing compared: no unmasked branch trained
     # a restart re-merges but keeps the re-fitted head in the export
     _run(
         tiny_bert,
@@ -527,3 +532,4 @@ def test_row_ownership_masks_whole_rows_and_the_merge_stays_exact(tiny_bert, tin
             expected += d[name]
         assert torch.equal(merged[name], expected), name
     assert all(t["status"] == "ok" for t in report["teams"])
+    assert report["alone_from"] == "masked"  # nothing compared: no unmasked branch trained

@@ -1,7 +1,8 @@
 """RunOutcome: what one run produced, as a value (the report, the tables and the benchmark read it).
 
 ``alone`` is a team's own branch before any merge: its unmasked fine-tune when post-hoc merges were
-compared (the ceiling a merge is measured against), its masked one otherwise. ``before`` is the
+compared (the ceiling a merge is measured against), its masked one otherwise (the report's
+``alone_from`` says which, and the tables call the column "own branch" then). ``before`` is the
 base encoder with a head trained alone (the floor).
 """
 
@@ -41,6 +42,7 @@ class RunOutcome:
     rejections: list[dict[str, str]]
     ownership: dict[str, Any] | None
     conflicts: dict[str, dict[str, float]]
+    alone_from: str = "unmasked"  # "masked": no unmasked branch was trained (schema.ALONE_FROM)
 
     @classmethod
     def of(cls, state: RunState) -> RunOutcome:
@@ -89,6 +91,7 @@ class RunOutcome:
             rejections=state.run_dir.rejections(),
             ownership=_ownership(summary),
             conflicts=conflicts,
+            alone_from="unmasked" if state.free.metrics else "masked",
         )
 
     def report(self) -> dict[str, Any]:
@@ -120,6 +123,7 @@ class RunOutcome:
             "bytes": self.bytes,
             "timings_s": self.timings_s,
             "rejections": self.rejections,
+            "alone_from": self.alone_from,
         }
         if self.ownership is not None:
             report["ownership"] = self.ownership

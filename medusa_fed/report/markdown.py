@@ -7,7 +7,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from medusa_fed.report.schema import Report, phase_metrics
+from medusa_fed.report.schema import Report, alone_label, phase_metrics
 from medusa_fed.report.table import (
     fmt_share,
     is_result,
@@ -56,7 +56,8 @@ def _results(report: Report, plots: Mapping[str, str]) -> list[str]:
     for metric in metric_names(report) or ["accuracy"]:
         table = team_table(report, metric)
         out += [
-            f"{metric_title(metric)}: before fine-tuning, fine-tuned alone, merged by each method.",
+            f"{metric_title(metric)}: before fine-tuning, {alone_label(report, long=True)}, "
+            "merged by each method.",
             "",
         ]
         out += [markdown_table(table.headers, table.rows, table.numeric), ""]

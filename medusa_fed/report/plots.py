@@ -16,7 +16,7 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from medusa_fed.report.schema import STATUS_OK, Report, phase_metrics
+from medusa_fed.report.schema import STATUS_OK, Report, alone_label, phase_metrics
 
 LAYER = re.compile(r"(?:^|\.)(?:layer|layers|h|blocks)\.(\d+)\.")
 UNOWNED = "unowned"
@@ -124,7 +124,7 @@ def plot_accuracy(report: Report, metric: str = "accuracy") -> bytes | None:
             m = phase_metrics(team, phase)
             values.append(100.0 * m[metric] if m and metric in m else math.nan)
         if any(not math.isnan(v) for v in values):
-            series[phase] = values
+            series[alone_label(report) if phase == "alone" else phase] = values
     if not series:
         return None
     fig = Figure(figsize=(max(6.0, 1.2 * len(teams) * max(1, len(series)) / 3 + 3), 4))

@@ -11,6 +11,9 @@ Shape (``Report``; every section but ``methods`` and ``teams`` may be absent or 
     bytes      {team: {stage: {"sent": int, "received": int, "dense_fp32": int}}}
     timings_s  {stage: seconds}
     rejections [{"team", "stage", "reason", "at"}]  as ``RunDir.rejections()`` returns them
+    alone_from "unmasked" | "masked"                what ``alone`` scored: each team's unmasked
+                                                    fine-tune (the ceiling; the default), or its
+                                                    masked branch (a run without unmasked ones)
 
 Semantics: shares are fractions in [0, 1] of all shared parameter elements (ownership) or of all
 elements (conflicts: elements that two or more branches changed under that method). Metrics are
@@ -74,9 +77,13 @@ class ByteCount(TypedDict):
     dense_fp32: int
 
 
+ALONE_FROM = ("unmasked", "masked")
+
+
 class Report(TypedDict):
     methods: list[str]
     teams: list[TeamEntry]
+    alone_from: NotRequired[str]
     run: NotRequired[dict[str, Any]]
     base: NotRequired[dict[str, Any]]
     ownership: NotRequired[Ownership]
@@ -151,6 +158,14 @@ def _team(team: Any, i: int, methods: set[str]) -> None:
         _metrics(m, f"{where}.metrics.merged.{method}")
 
 
+def alone_label(report: Mapping[str, Any], long: bool = False) -> str:
+    """What the ``alone`` column is called: each team's unmasked fine-tune ("alone"), or, in a
+    run that trained none, its own masked branch ("own branch")."""
+    if report.get("alone_from", "unmasked") == "masked":
+        return "own masked branch" if long else "own branch"
+    return "fine-tuned alone" if long else "alone"
+
+
 def validate_report(report: Mapping[str, Any]) -> Report:
     """Check ``report`` against the documented shape; return it with absent sections filled.
 
@@ -199,7 +214,10 @@ def validate_report(report: Mapping[str, Any]) -> Report:
         _number(s, f"timings_s.{stage}", 0.0)
     if not isinstance(report.get("rejections", []), list):
         raise _fail("rejections", "a list", report.get("rejections"))
+    if report.get("alone_from", "unmasked") not in ALONE_FROM:
+        raise _fail("alone_from", " or ".join(ALONE_FROM), report.get("alone_from"))
     filled: dict[str, Any] = {
+        "alone_from": "unmasked",
         "run": {},
         "base": {},
         "ownership": {},

@@ -15,7 +15,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from medusa_fed.report.schema import STATUS_OK, Report, phase_metrics, validate_report
+from medusa_fed.report.schema import (
+    STATUS_OK,
+    Report,
+    alone_label,
+    phase_metrics,
+    validate_report,
+)
 
 MISSING = "-"
 # what a results table shows: scores in [0, 1] in percent, losses as they are; counts
@@ -88,7 +94,7 @@ def team_table(report: Report, metric: str = "accuracy") -> TeamTable:
         Which metric fills the before/alone/merged columns.
     """
     methods = list(report["methods"])
-    headers = ["team", "task", "ctrl", "owned", "before", "alone", *methods]
+    headers = ["team", "task", "ctrl", "owned", "before", alone_label(report), *methods]
     numeric = [False, False, False, True, True, True] + [True] * len(methods)
     rows: list[list[str]] = []
     notes: list[str] = []
@@ -177,8 +183,8 @@ def _render_one(report: Report, metric: str, width: int) -> str:
         blocks[-1].append(i)
         used += col_w[i]
     title = (
-        f"{metric_title(metric)} per team: before fine-tuning, fine-tuned alone, merged by each "
-        "method"
+        f"{metric_title(metric)} per team: before fine-tuning, {alone_label(report, long=True)}, "
+        "merged by each method"
     )
     parts = [title]
     for cols in blocks:

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from medusa_fed.report import render_table, validate_report, write_report
 from medusa_fed.report.markdown import fmt_bytes
 from medusa_fed.report.plots import layer_group
+from medusa_fed.report.schema import ReportError
 from medusa_fed.rundir import RunDir
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -129,6 +130,24 @@ def test_table_rows_are_formatted_as_percent() -> None:
     assert _row(table, "news*") == ["news*", "news", "yes", "50.0%", "20.0", "-", "-", "-", "-"]
     assert "* news: left out: no reply to train within 600 s" in table
     assert max(len(line) for line in table.splitlines()) <= 100
+
+
+def test_a_run_without_unmasked_branches_calls_its_alone_column_own_branch(tmp_path: Path) -> None:
+    # Prepare: the same report as scored by a run that trained masked branches only
+    report = {**realistic_report(), "alone_from": "masked"}
+    # Execute
+    table = render_table(report)
+    write_report(report, tmp_path / "run")
+    # Assert: the terminal table and the markdown say what the column scored
+    assert _row(table, "team")[4:7] == ["before", "own", "branch"]
+    assert "own masked branch" in table.splitlines()[0]
+    text = (tmp_path / "run" / "report.md").read_text()
+    assert "before fine-tuning, own masked branch, merged by each method" in text
+    assert "fine-tuned alone" not in text
+    # an older report without the key reads as before; a wrong value is named
+    assert _row(render_table(realistic_report()), "team")[5] == "alone"
+    with pytest.raises(ReportError, match="alone_from"):
+        validate_report({**realistic_report(), "alone_from": "ceiling"})
 
 
 def test_average_row_counts_only_teams_that_are_ok() -> None:
