@@ -65,6 +65,18 @@ def _run(
     return strategy.run(grid).report(), strategy
 
 
+def _assert_owned_deltas_sum_exactly(run: RunDir, strategy: MedusaStrategy, masks: dict) -> None:
+    """Each team's stored delta is zero off its mask, and Medusa's merge is base + their sum."""
+    merged, _ = run.read_tensors("merged/medusa/shared.safetensors")
+    deltas = {t: run.read_tensors(f"train/{t}.safetensors")[0] for t in masks}
+    for name, b in strategy.state.base.shared_state().items():
+        expected = b.clone()
+        for team, d in deltas.items():
+            assert torch.count_nonzero(d[name][~masks[team][name]]) == 0, (team, name)
+            expected += d[name]
+        assert torch.equal(merged[name], expected), name
+
+
 def _sent(grid: InProcessGrid, message_type: str) -> list:
     return [m for m in grid.sent if m.metadata.message_type == message_type]
 
@@ -105,15 +117,7 @@ def test_full_run_every_stage_and_exact_three_way_merge(tiny_bert, tiny_tasks, t
         stacked = torch.stack([masks[t][name] for t in sorted(masks)]).int()
         assert int(stacked.sum(0).max()) <= 1  # disjoint
     # merged == base + sum of owned deltas, bit for bit
-    merged, _ = run.read_tensors("merged/medusa/shared.safetensors")
-    base = strategy.state.base.shared_state()
-    deltas = {t: run.read_tensors(f"train/{t}.safetensors")[0] for t in tiny_tasks}
-    for name, b in base.items():
-        expected = b.clone()
-        for team, d in deltas.items():
-            assert torch.count_nonzero(d[name][~masks[team][name]]) == 0
-            expected += d[name]
-        assert torch.equal(merged[name], expected), name
+    _assert_owned_deltas_sum_exactly(run, strategy, masks)
     # the teams learned (the tasks are easy) and the report table has their numbers
     for team in report["teams"]:
         assert team["status"] == "ok"
@@ -522,14 +526,6 @@ def test_row_ownership_masks_whole_rows_and_the_merge_stays_exact(tiny_bert, tin
     vectors = [ids for ids in ownership.owners.values() if ids.dim() == 1 and ids.numel() > 3]
     assert any(len(set(ids.tolist())) > 1 for ids in vectors)  # not one owner per vector
     # each team trained its own rows only, and the merge is base + the owned deltas exactly
-    merged, _ = run.read_tensors("merged/medusa/shared.safetensors")
-    base = strategy.state.base.shared_state()
-    deltas = {t: run.read_tensors(f"train/{t}.safetensors")[0] for t in tiny_tasks}
-    for name, b in base.items():
-        expected = b.clone()
-        for team, d in deltas.items():
-            assert torch.count_nonzero(d[name][~ownership.mask(team)[name]]) == 0, name
-            expected += d[name]
-        assert torch.equal(merged[name], expected), name
+    _assert_owned_deltas_sum_exactly(run, strategy, {t: ownership.mask(t) for t in tiny_tasks})
     assert all(t["status"] == "ok" for t in report["teams"])
     assert report["alone_from"] == "masked"  # nothing compared: no unmasked branch trained
