@@ -51,6 +51,22 @@ def summarize(cells: Sequence[Cell]) -> dict[str, dict[str, dict[str, list[float
     return out
 
 
+FLOORS = ("untuned", "floor (head only)")  # the floor rows (simulations.benchmark)
+
+
+def alone_gains(cells: Sequence[Cell], setting: str) -> tuple[str, dict[str, list[float]]] | None:
+    """(floor row, team -> alone minus floor test accuracy per seed) for one setting; None when
+    the setting has no alone or no floor cells (a --medusa-only run)."""
+    alone = {c.seed: c.test for c in cells if c.setting == setting and c.method == "alone"}
+    floor = {c.seed: c for c in cells if c.setting == setting and c.method in FLOORS}
+    seeds = sorted(set(alone) & set(floor))
+    if not seeds:
+        return None
+    teams = list(alone[seeds[0]])
+    gains = {t: [alone[s][t] - floor[s].test[t] for s in seeds] for t in teams}
+    return floor[seeds[0]].method, gains
+
+
 def markdown(cells: Sequence[Cell], cfg: BenchConfig, wall_s: float) -> str:
     summary = summarize(cells)
     seeds = sorted({c.seed for c in cells})
@@ -99,6 +115,13 @@ def markdown(cells: Sequence[Cell], cfg: BenchConfig, wall_s: float) -> str:
             ]
             lines.append("| " + " | ".join(row) + " |")
         lines.append("")
+        gains = alone_gains(cells, setting)
+        if gains:
+            lines += [
+                f"Each team alone over the `{gains[0]}` row (test points, per seed, then mean "
+                "± std): " + ", ".join(f"{t} {_fmt(g)}" for t, g in gains[1].items()) + ".",
+                "",
+            ]
     lines += ["## Grid searched on validation", ""]
     lines += [f"- `{choice}`" for choice in cfg.grid]
     lines += [f"- federated `fed-{choice}` (rounds as Medusa's)" for choice in cfg.federated]

@@ -307,3 +307,29 @@ def test_bench_refuses_an_unknown_federated_anchor_before_any_run(tmp_path):
     assert result.exit_code == 2
     assert "unknown merge method 'fedprox'" in result.output
     assert not (tmp_path / "b").exists()
+
+
+def test_results_say_how_far_each_team_alone_rises_above_the_floor():
+    # Prepare: two seeds of alone and untuned cells on one setting, and a medusa-only setting
+    from simulations.benchmark import BenchConfig, Cell
+
+    def cell(method: str, seed: int, tweet: float, spam: float, setting="tweet+spam") -> Cell:
+        return Cell(setting, seed, method, {}, math.nan, {"tweet": tweet, "spam": spam}, 1.0)
+
+    cells = [
+        cell("alone", 0, 0.625, 0.90),
+        cell("untuned", 0, 0.4375, 0.78),
+        cell("alone", 1, 0.5625, 0.94),
+        cell("untuned", 1, 0.4375, 0.78),
+        cell("medusa:default", 0, 0.5, 0.85, setting="tweet+bbc"),
+    ]
+    # Execute
+    gains = bench_report.alone_gains(cells, "tweet+spam")
+    text = bench_report.markdown(cells, BenchConfig(), 60.0)
+    # Assert: per-seed differences, summarised as mean ± std in the setting's section
+    assert gains is not None and gains[0] == "untuned"
+    assert gains[1]["tweet"] == pytest.approx([0.1875, 0.125])
+    assert gains[1]["spam"] == pytest.approx([0.12, 0.16])
+    assert "Each team alone over the `untuned` row" in text and "tweet 15.6 ± 4.4" in text
+    assert bench_report.alone_gains(cells, "tweet+bbc") is None  # no alone, no floor
+    assert text.count("Each team alone over") == 1
