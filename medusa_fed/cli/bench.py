@@ -7,7 +7,8 @@
     medusa bench --mode full --out runs/bench-full        # every variant, 3 seeds (many hours)
     medusa bench --combine runs/s0,runs/s1 --out runs/all # one report of runs made apart
     medusa bench --model smollm2-135m-instruct --method lora --variants default,lora-rank
-                                                          # the LLM: 3 teams, 2 seeds, ~40 min each
+                                                          # the LLM: 3 teams, 2 seeds, ~2 h each
+    medusa bench --mode standard --team-counts 4 --medusa-only --variants row --seeds 0
     medusa bench --medusa-only --variants X --seeds 0 --out runs/x-s0  # add a variant to s0
 
 prints the tables (also in ``results.md``) and writes ``results.json``, ``accuracy.png`` and
