@@ -62,9 +62,10 @@ def alone_gains(cells: Sequence[Cell], setting: str) -> tuple[str, dict[str, lis
     seeds = sorted(set(alone) & set(floor))
     if not seeds:
         return None
-    teams = list(alone[seeds[0]])
+    # a team left out of one seed's run has no score there: only teams scored in every seed
+    teams = [t for t in alone[seeds[0]] if all(t in alone[s] and t in floor[s].test for s in seeds)]
     gains = {t: [alone[s][t] - floor[s].test[t] for s in seeds] for t in teams}
-    return floor[seeds[0]].method, gains
+    return (floor[seeds[0]].method, gains) if gains else None
 
 
 def markdown(cells: Sequence[Cell], cfg: BenchConfig, wall_s: float) -> str:
