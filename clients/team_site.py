@@ -111,7 +111,7 @@ class TeamSite:
         caps = [settings.max_train or None, self.team.max_train]
         max_train = min((c for c in caps if c), default=None)
         max_eval = settings.max_eval or None
-        key = (self.team, kind, max_train, max_eval, settings.seed)
+        key = (self.team, kind, max_train, max_eval, settings.class_balance, settings.seed)
         if key not in _DATA:
             _DATA[key] = load_task(
                 TaskSpec(
@@ -123,6 +123,7 @@ class TeamSite:
                     max_train=max_train,
                     max_validation=max_eval,
                     max_test=max_eval,
+                    balance_classes=settings.class_balance,
                     seed=settings.seed,
                 )
             )

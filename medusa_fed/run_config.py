@@ -85,6 +85,10 @@ class RunConfig:
     max_length: int = 128
     max_train: int = 1000  # examples per team (a team's node config may lower it)
     max_eval: int = 500
+    # true: each team's capped train / validation / test subsets take every class equally, as far
+    # as its examples go, instead of in proportion; for small subsets of a skewed task, where the
+    # majority class would decide accuracy (the LLM benchmark's 32 test examples of spam: 28 ham)
+    class_balance: bool = False
     eval_before: bool = True  # also measure the floor: base encoder + a head trained alone
     # also score a merge given without a grid on the teams' validation splits (a grid is always
     # scored there): the benchmark compares variants and anchors on validation, never on test

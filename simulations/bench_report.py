@@ -75,7 +75,8 @@ def markdown(cells: Sequence[Cell], cfg: BenchConfig, wall_s: float) -> str:
         "# Merged-model quality: Medusa against post-hoc merges",
         "",
         f"Base {cfg.model}, {cfg.method} fine-tuning, {cfg.max_train} train / "
-        f"{cfg.max_eval} validation / {cfg.max_eval} test examples per task, "
+        f"{cfg.max_eval} validation / {cfg.max_eval} test examples per task"
+        f"{' (classes balanced)' if cfg.class_balance else ''}, "
         f"{cfg.epochs:g} epochs, lr {cfg.lr:g}, batch {cfg.batch_size}, max length "
         f"{cfg.max_length}, probe {cfg.probe_epochs:g} epoch; seeds {seeds}. Test accuracy "
         "(%), mean ± std over seeds; `norm` = merged / alone accuracy averaged over teams; "

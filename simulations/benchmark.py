@@ -112,6 +112,7 @@ class BenchConfig:
     seeds: tuple[int, ...] = (0,)
     max_train: int = 256
     max_eval: int = 200  # validation and test examples per task
+    class_balance: bool = False  # run-config class-balance: capped subsets take classes equally
     epochs: float = 2.0
     probe_epochs: float = 1.0
     lr: float = 1e-4
@@ -136,6 +137,7 @@ class BenchConfig:
             "method": self.method,
             "max-train": self.max_train,
             "max-eval": self.max_eval,
+            "class-balance": self.class_balance,
             "epochs": self.epochs,
             "probe-epochs": self.probe_epochs,
             "lr": self.lr,

@@ -19,6 +19,7 @@ from medusa_fed.codec.records import arrays_from_record
 from medusa_fed.errors import ConfigError, MedusaError
 from medusa_fed.ownership import OwnershipMap
 from medusa_fed.pipeline.probe import load_probes
+from medusa_fed.pipeline.state import settings_of
 from medusa_fed.protocol import (
     ARRAYS_KEY,
     HEAD_KEY,
@@ -30,6 +31,7 @@ from medusa_fed.protocol import (
     Settings,
     TrainRequest,
 )
+from medusa_fed.run_config import RunConfig
 from medusa_fed.rundir.run_dir import RunDir
 from medusa_fed.team_config import TeamConfig
 from medusa_fed.training import load_base
@@ -462,6 +464,21 @@ def test_round_head_continues_the_probe_head_or_starts_fresh_when_it_is_gone():
     assert torch.equal(site.round_head(warm)["classifier.weight"], head["classifier.weight"])
     with pytest.raises(MedusaError, match="no longer holds"):  # a lost round head still fails
         site.round_head(_round(2, "train-round1"))
+
+
+def test_class_balance_in_the_run_config_reaches_every_site_s_subsets():
+    # Prepare: spam, 87% ham
+    site = TeamSite(TeamConfig(name="alpha", task="spam"))
+    plain = RunConfig.from_mapping({"max-train": 64, "max-eval": 32})
+    balanced = RunConfig.from_mapping({"max-train": 64, "max-eval": 32, "class-balance": True})
+
+    # Execute
+    few = site.data(settings_of(plain))
+    even = site.data(settings_of(balanced))
+
+    # Assert: the request's settings carry it, and the site's split caps follow
+    assert sum(few.test.label_ids) <= 5
+    assert [sum(s.label_ids) for s in even.splits().values()] == [32, 16, 16]
 
 
 def test_federated_anchors_train_in_rounds_from_each_merge_with_personal_heads(

@@ -124,6 +124,10 @@ def simulate(
     max_length: Annotated[int, Option(help="Tokens per example.")] = 64,
     max_train: Annotated[int, Option(help="Training examples per team.")] = 400,
     max_eval: Annotated[int, Option(help="Test examples per team.")] = 300,
+    class_balance: Annotated[
+        bool,
+        Option(help="The capped subsets take every class equally, not in proportion."),
+    ] = False,
     eval_before: Annotated[bool, Option(help="Measure the floor (head only).")] = True,
     min_teams: Annotated[int, Option(help="Stop if fewer teams are usable.")] = 2,
     allow_uncontrolled: Annotated[
@@ -183,6 +187,7 @@ def simulate(
                 "max-length": max_length,
                 "max-train": max_train,
                 "max-eval": max_eval,
+                "class-balance": class_balance,
                 "eval-before": eval_before,
                 "min-teams": min_teams,
                 "allow-uncontrolled": allow_uncontrolled,

@@ -224,6 +224,7 @@ def settings_of(
         eval_before=c.eval_before,
         dp_clip=c.dp_clip,
         dp_noise=c.dp_noise,
+        class_balance=c.class_balance,
     )
 
 

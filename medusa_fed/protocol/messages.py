@@ -71,6 +71,8 @@ class Settings:
     # norm and adds N(0, (dp_noise x dp_clip)^2) to every value it sends; 0 = off
     dp_clip: float = 0.0
     dp_noise: float = 0.0
+    # the caps take every class equally (as far as its examples go) instead of in proportion
+    class_balance: bool = False
 
     def model_spec(self) -> ModelSpec:
         return ModelSpec(source=self.model, family=self.model_family, method=self.method)

@@ -42,7 +42,7 @@ from medusa_fed.training.dialogues import (
     read_dialogues,
 )
 from medusa_fed.training.labels import infer_labels, label_ids, unique_rows
-from medusa_fed.training.splits import plain_split, stratified_cap, stratified_split
+from medusa_fed.training.splits import balanced_cap, plain_split, stratified_cap, stratified_split
 from medusa_fed.training.tasks import (
     BUNDLED_TASKS,
     SUPPORTED_SUFFIXES,
@@ -76,6 +76,10 @@ class TaskSpec:
     kind : "classification" | "language-modeling" (default: "classification")
     max_train, max_validation, max_test : int | None (default: None)
         Caps on split sizes (stratified subsample); None keeps the whole split.
+    balance_classes : bool (default: False)
+        The caps take every class equally, as far as its examples go (:func:`balanced_cap`),
+        instead of in proportion: small subsets of a skewed task then measure the task, not the
+        majority class.
     validation_fraction : float (default: 0.1)
     test_fraction : float (default: 0.2)
         Shares of each class (of all rows for language modeling), each in (0, 1), sum below 1.
@@ -101,6 +105,7 @@ class TaskSpec:
     max_train: int | None = None
     max_validation: int | None = None
     max_test: int | None = None
+    balance_classes: bool = False
     validation_fraction: float = 0.1
     test_fraction: float = 0.2
     seed: int = 0
@@ -307,7 +312,7 @@ def _partition(
 ) -> list[list[int]]:
     """(train, validation, test) positions of ``n`` examples: stratified by ``ids`` when there
     are ``labels``, plain otherwise; then each capped by the spec's ``max_*`` (a stratified
-    subsample when there are ids)."""
+    subsample when there are ids, class-balanced with ``balance_classes``)."""
     rng = random.Random(spec.seed)
     fractions = (spec.validation_fraction, spec.test_fraction)
     if labels:
@@ -315,8 +320,9 @@ def _partition(
     else:
         parts = plain_split(n, fractions, rng, where)
     caps = (spec.max_train, spec.max_validation, spec.max_test)
+    take = balanced_cap if spec.balance_classes else stratified_cap
     return [
-        part if cap is None else stratified_cap(part, ids, cap) if labels else part[:cap]
+        part if cap is None else take(part, ids, cap) if labels else part[:cap]
         for part, cap in zip(parts, caps, strict=True)
     ]
 

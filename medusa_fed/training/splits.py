@@ -1,4 +1,5 @@
-"""Seeded splits of example positions: stratified per class, or plain; stratified caps.
+"""Seeded splits of example positions: stratified per class, or plain; stratified or
+class-balanced caps.
 
 All randomness comes from ``rng.random()`` of a ``random.Random(seed)``: its stream is the one
 Python promises never to change for a given seed, on any platform or version, unlike
@@ -118,6 +119,41 @@ def stratified_cap(part: list[int], ids: list[int], cap: int) -> list[int]:
                 donor = max(sorted(quota), key=lambda d: quota[d])
                 quota[donor] -= 1
                 quota[c] = 1
+    taken: Counter[int] = Counter()
+    chosen = []
+    for i in part:
+        if taken[ids[i]] < quota[ids[i]]:
+            taken[ids[i]] += 1
+            chosen.append(i)
+    return chosen
+
+
+def balanced_cap(part: list[int], ids: list[int], cap: int) -> list[int]:
+    """At most ``cap`` of ``part``, every class as equally as its examples allow, order kept.
+
+    Water-filling: a class with no more examples than an equal share of what is left is taken
+    whole; the classes left share the rest equally, the lowest class ids one more when it does not
+    divide. So no class short of its examples holds fewer than the largest class minus one, and
+    the cap is reached whenever ``part`` holds ``cap`` examples. For small evaluation subsets of
+    skewed tasks, where a proportional cap lets the majority class decide accuracy (a spam
+    filter's 87% ham).
+    """
+    if cap >= len(part):
+        return part
+    counts = Counter(ids[i] for i in part)
+    quota: dict[int, int] = {}
+    left = cap
+    by_size = sorted(counts, key=lambda c: (counts[c], c))
+    for rank, c in enumerate(by_size):
+        if counts[c] > left // (len(by_size) - rank):
+            break
+        quota[c] = counts[c]
+        left -= counts[c]
+    open_ = sorted(c for c in counts if c not in quota)
+    if open_:
+        share, extra = divmod(left, len(open_))
+        for rank, c in enumerate(open_):
+            quota[c] = share + (rank < extra)
     taken: Counter[int] = Counter()
     chosen = []
     for i in part:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from collections import Counter
+from dataclasses import replace
 
 import pytest
 
@@ -45,6 +46,32 @@ def test_bundled_task_loads_stratified_disjoint_and_seeded(
         got = Counter(split.label_ids)
         for i in range(len(classes)):
             assert abs(got[i] - len(split) * counts[i] / total) < 2
+
+
+def test_balanced_caps_take_every_class_equally_and_stay_inside_their_split() -> None:
+    # Prepare: spam is 87% ham; bbc's five classes do not divide 32
+    spam = TaskSpec("spam", max_train=64, max_validation=32, max_test=32, seed=1)
+    bbc = TaskSpec("bbc", max_train=64, max_validation=32, max_test=32, seed=1)
+
+    # Execute
+    plain = load_task(spam)
+    balanced = load_task(replace(spam, balance_classes=True))
+    news = load_task(replace(bbc, balance_classes=True))
+
+    # Assert: a proportional test cap holds few spam, a balanced one half; the subsets come from
+    # the same split as without balancing (no example moves between train / validation / test)
+    assert Counter(plain.test.label_ids)[1] <= 5
+    for split in balanced.splits().values():
+        assert Counter(split.label_ids) == {0: len(split) // 2, 1: len(split) // 2}
+    sizes = {name: sorted(Counter(s.label_ids).values()) for name, s in news.splits().items()}
+    assert sizes == {
+        "train": [12, 13, 13, 13, 13],
+        "validation": [6, 6, 6, 7, 7],
+        "test": [6, 6, 6, 7, 7],
+    }
+    whole = load_task(TaskSpec("spam", seed=1))
+    for name, split in balanced.splits().items():
+        assert set(split.texts) <= set(getattr(whole, name).texts)
 
 
 def test_bundled_task_other_seed_gives_other_split() -> None:

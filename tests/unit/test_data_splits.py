@@ -8,7 +8,13 @@ from collections import Counter
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from medusa_fed.training.splits import shuffle, split_sizes, stratified_cap, stratified_split
+from medusa_fed.training.splits import (
+    balanced_cap,
+    shuffle,
+    split_sizes,
+    stratified_cap,
+    stratified_split,
+)
 
 class_sizes = st.lists(st.integers(3, 60), min_size=2, max_size=5)
 
@@ -78,3 +84,36 @@ def test_shuffle_is_a_fixed_permutation_for_a_seed() -> None:
 
 
 GOLDEN_SHUFFLE_SEED0 = [9, 4, 0, 5, 2, 7, 1, 3, 6, 8]
+
+
+@settings(max_examples=60, deadline=None)
+@given(class_sizes, st.integers(0, 2**32), st.integers(1, 200))
+def test_balanced_cap_takes_classes_equally_as_far_as_they_go(
+    sizes: list[int], seed: int, cap: int
+) -> None:
+    # Prepare
+    ids = ids_of(sizes, seed)
+    part = list(range(len(ids)))
+    random.Random(seed + 1).shuffle(part)
+
+    # Execute
+    chosen = balanced_cap(part, ids, cap)
+
+    # Assert: the cap is reached, order kept, and a class not taken whole holds no fewer than
+    # the largest class minus one (a proportional cap starves the small classes instead)
+    assert len(chosen) == min(cap, len(ids))
+    assert chosen == [i for i in part if i in set(chosen)]
+    got = Counter(ids[i] for i in chosen)
+    top = max(got.values())
+    assert all(got[c] >= top - 1 for c, n in enumerate(sizes) if got[c] < n)
+
+
+def test_balanced_cap_by_hand() -> None:
+    # Prepare: 8 ham (0), 2 spam (1), 5 of a third class (2)
+    ids = [0] * 8 + [1] * 2 + [2] * 5
+    part = list(range(len(ids)))
+
+    # Execute / Assert: 9 = 3 each; 12 = spam's 2, then 5 each for ham and the third class
+    assert Counter(ids[i] for i in balanced_cap(part, ids, 9)) == {0: 4, 1: 2, 2: 3}
+    assert Counter(ids[i] for i in balanced_cap(part, ids, 12)) == {0: 5, 1: 2, 2: 5}
+    assert Counter(ids[i] for i in balanced_cap(part, ids, 4)) == {0: 2, 1: 1, 2: 1}
