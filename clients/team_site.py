@@ -57,7 +57,7 @@ from medusa_fed.training.branch import (
     prompter_of,
     refit_head,
 )
-from medusa_fed.training.config import ModelSpec, TrainConfig
+from medusa_fed.training.config import ModelSpec, TrainConfig, parse_lr_scales
 from medusa_fed.training.data import TaskData, TaskSpec, describe, load_task
 from medusa_fed.training.evaluate import evaluate
 from medusa_fed.training.models import BaseModel, load_base
@@ -235,6 +235,12 @@ class TeamSite:
         """One TRAIN round: masked (owned values back, in mask order) or, for an uncontrolled
         team, free (its dense delta back)."""
         assert self.state is not None
+        try:  # checked before any work
+            choices = parse_lr_scales(request.masked_lr_choices)
+        except ValueError as exc:
+            raise PayloadError(
+                f"team {self.team.name!r}: round {request.round}'s masked-lr-choices: {exc}"
+            ) from None
         base = self.base(request.settings)
         mask = decode_mask(request.mask, base.shapes) if request.mask is not None else None
         start = decode_dense(request.start, base.shapes) if request.start is not None else None
@@ -264,6 +270,7 @@ class TeamSite:
             head=head,
             shared_lr_scale=request.masked_lr_scale,
             budget=(request.budget_epochs, request.budget_max_steps),
+            lr_choices=choices,
         )
         settings = request.settings
         if settings.dp_clip > 0:  # the privacy option: clip + Gaussian noise on the values sent
@@ -298,8 +305,13 @@ class TeamSite:
         head: Mapping[str, torch.Tensor] | None = None,
         shared_lr_scale: float = 1.0,
         budget: tuple[float, int] | None = None,
+        lr_choices: tuple[float, ...] = (),
     ) -> BranchResult:
         """(Masked) fine-tune from ``start`` (default: the base); metrics of the team alone.
+
+        Masked with ``lr_choices``: one fine-tune per shared-tensor lr scale (in place of
+        ``shared_lr_scale``), keeping the one whose branch scores best on the team's validation
+        split (:meth:`_choose_lr_scale`).
 
         The returned metrics carry ``alone_*`` (this branch on the team's test split) and, when
         the run asks for it (``eval_before``), ``before_*``: the base encoder with a head trained
@@ -309,14 +321,17 @@ class TeamSite:
         base = self.base(settings)
         data = self.data(settings)
         cfg = self._train_config(settings)
-        step = cfg  # masked: owned elements only, at the coordinator's larger shared-tensor step
-        if mask is not None:
-            step = replace(cfg, shared_lr_scale=shared_lr_scale)
-        result = finetune(
-            base, data, step, mask=mask, start=start, head=head, desc=f"{branch} {self.team.name}"
-        )
-        metrics = {f"train_{k}": float(v) for k, v in result.metrics.items()}
         begin = dict(start) if start is not None else base.shared_state()
+        desc = f"{branch} {self.team.name}"
+        chosen: dict[str, float] = {}
+        if mask is not None and lr_choices:
+            result, chosen = self._choose_lr_scale(
+                base, data, cfg, mask, (start, begin), head, lr_choices
+            )
+        else:  # masked: owned elements only, at the coordinator's larger shared-tensor step
+            step = replace(cfg, shared_lr_scale=shared_lr_scale) if mask is not None else cfg
+            result = finetune(base, data, step, mask=mask, start=start, head=head, desc=desc)
+        metrics = {f"train_{k}": float(v) for k, v in result.metrics.items()} | chosen
         tuned = {n: begin[n] + d for n, d in result.delta.items()}
         alone = self._test(base, data, tuned, result.head, cfg, f"alone {self.team.name}")
         metrics |= {f"alone_{k}": float(v) for k, v in alone.items()}
@@ -334,6 +349,36 @@ class TeamSite:
             self._keep_head(branch, result.head)
         return BranchResult(result.delta, result.head, metrics)
 
+    def _choose_lr_scale(
+        self,
+        base: BaseModel,
+        data: TaskData,
+        cfg: TrainConfig,
+        mask: Mapping[str, torch.Tensor],
+        starts: tuple[Mapping[str, torch.Tensor] | None, StateDict],
+        head: Mapping[str, torch.Tensor] | None,
+        scales: tuple[float, ...],
+    ) -> tuple[BranchResult, dict[str, float]]:
+        """One masked fine-tune per shared-tensor lr scale from ``starts`` (the round's start as
+        sent, None = the base; and its weights). Returns the one whose branch scores best on the
+        team's validation split (accuracy; minus the loss for raw text; ties: the first listed)
+        and the metrics ``train_lr_scale`` / ``train_lr_scale_validation``. Only the kept result
+        is held beside the one being trained."""
+        start, begin = starts
+        best: tuple[float, float, BranchResult] | None = None
+        for scale in scales:
+            step = replace(cfg, shared_lr_scale=scale)
+            name = f"{self.team.name} at masked lr x{scale:g}"
+            result = finetune(base, data, step, mask=mask, start=start, head=head, desc=name)
+            tuned = {n: begin[n] + d for n, d in result.delta.items()}
+            got = self._test(base, data, tuned, result.head, cfg, f"val {name}", "validation")
+            score = got["accuracy"] if "accuracy" in got else -got["loss"]
+            log.info("%s: validation score %.4f", name, score)
+            if best is None or score > best[0]:
+                best = (score, scale, result)
+        assert best is not None  # scales is not empty
+        return best[2], {"train_lr_scale": best[1], "train_lr_scale_validation": best[0]}
+
     @staticmethod
     def _test(
         base: BaseModel,
@@ -342,13 +387,14 @@ class TeamSite:
         head: StateDict,
         cfg: TrainConfig,
         desc: str,
+        split: str = "test",
     ) -> dict[str, float]:
-        """Metrics of base + ``shared`` + ``head`` on the team's test split."""
+        """Metrics of base + ``shared`` + ``head`` on the team's ``split`` (default: test)."""
         return evaluate(
             base,
             shared,
             head or None,
-            data.test,
+            data.splits()[split],
             num_labels=num_labels_of(base, data),
             batch_size=32,
             max_length=cfg.max_length,

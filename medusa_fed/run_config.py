@@ -16,7 +16,7 @@ from medusa_fed.codec.downlink import DownlinkDtype
 from medusa_fed.errors import ConfigError
 from medusa_fed.merging.spec import OWNERSHIP_METHODS, MergeChoice
 from medusa_fed.ownership.assign import OwnershipUnit, Policy, Unselected
-from medusa_fed.training.config import Family, Method, family_of
+from medusa_fed.training.config import Family, Method, family_of, parse_lr_scales
 
 ProbeWeights = Literal["rank", "magnitude"]
 Downlink = Literal["lacking", "dense"]
@@ -73,6 +73,10 @@ class RunConfig:
     # shared elements; its shared-tensor lr is lr times this (the head's lr, the probe, the
     # uncontrolled teams and the baselines' branches stay at lr)
     masked_lr_scale: float = 1.0
+    # "1|2|3": each controlled team trains every TRAIN round once at each of these scales (in
+    # place of masked-lr-scale) and keeps the branch its own validation split scores best (ties:
+    # the first listed); each round then costs that many fine-tunes at the team. "" = off
+    masked_lr_choices: str = ""
     # what a round's start (and Medusa's merged weights in EVAL) costs a controlled team on the
     # down-link: "lacking" sends only the other teams' owned values (the team rebuilds its own from
     # what it holds, checked by fingerprint; a site that lost them gets the dense weights), "dense"
@@ -201,6 +205,10 @@ class RunConfig:
                 f"masked-lr-scale must be > 0 and finite (1 = the lr unchanged), found "
                 f"{self.masked_lr_scale}"
             )
+        try:
+            parse_lr_scales(self.masked_lr_choices)
+        except ValueError as exc:
+            raise ConfigError(f"masked-lr-choices: {exc}") from None
         self.team_node_table  # noqa: B018 - parsed once here so a bad table fails at start
         grids = [c.label for c in self.federated if len(c.candidates()) > 1]
         owned = [c.label for c in self.federated if c.method in OWNERSHIP_METHODS]

@@ -13,7 +13,10 @@ a 1-epoch head re-fit): exactly what a coordinator would run with those keys.
 - ``rounds1`` / ``rounds4``: the warm start with 1 / 4 rounds instead of 2;
 - ``cold``: no warm start (the probe is not counted in the branch), 2 rounds;
 - ``no-refit``: the default without the head re-fit (every compared merge then has none either);
-- ``mlr2`` / ``mlr3`` / ``mlr4``: masked training's shared-tensor lr at 2 / 3 / 4 times the lr.
+- ``mlr2`` / ``mlr3`` / ``mlr4``: masked training's shared-tensor lr at 2 / 3 / 4 times the lr;
+- ``mlr-choice``: each team trains every round at 1, 2 and 3 times the lr and keeps the branch its
+  own validation split scores best (``masked-lr-choices``: a step per team, three fine-tunes per
+  round at each team);
 - ``tsv-owned``: the owned deltas merged TSV-style (``medusa_tsv``: TSV-M on every weight matrix,
   Algorithm 3 on the rest), lambda 1, 1.5 or 2 chosen on validation;
 - ``lora-rank`` (``--method lora`` only): whole LoRA rank components per owner instead of
@@ -49,6 +52,7 @@ VARIANTS: dict[str, MedusaVariant] = {
         MedusaVariant("cold", (("warm-start", False),)),
         MedusaVariant("no-refit", (("refit-epochs", 0.0),)),
         *(MedusaVariant(f"mlr{k}", (("masked-lr-scale", float(k)),)) for k in (2, 3, 4)),
+        MedusaVariant("mlr-choice", (("masked-lr-choices", "1|2|3"),)),
         MedusaVariant("lora-rank", (("ownership-unit", "lora-rank"),)),  # --method lora only
         MedusaVariant("row", (("ownership-unit", "row"),)),  # not --method ia3
     )

@@ -6,6 +6,7 @@ Messages on a tiny BERT and three small CSV tasks.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,7 @@ from clients.client_app import make_client_app
 from clients.team_site import TeamSite
 from medusa_fed import codec
 from medusa_fed.codec.records import arrays_from_record
-from medusa_fed.errors import ConfigError, MedusaError
+from medusa_fed.errors import ConfigError, MedusaError, PayloadError
 from medusa_fed.ownership import OwnershipMap
 from medusa_fed.pipeline.probe import load_probes
 from medusa_fed.pipeline.state import settings_of
@@ -455,6 +456,13 @@ def _round(r: int, head_from: str) -> TrainRequest:
     return TrainRequest(settings, r, 2, "train", head_from, 1.0, 1.0, 0, "", "", "fp32")
 
 
+def test_bad_masked_lr_choices_from_the_coordinator_are_refused_before_any_work():
+    site = TeamSite(TeamConfig(name="alpha", task="movie"))
+    request = replace(_round(1, ""), masked_lr_choices="1|-2")
+    with pytest.raises(PayloadError, match=r"masked-lr-choices: expected every scale finite"):
+        site.train(request)
+
+
 def test_round_head_continues_the_probe_head_or_starts_fresh_when_it_is_gone():
     site = TeamSite(TeamConfig(name="alpha", task="movie"))
     warm = _round(1, "probe")
@@ -464,6 +472,59 @@ def test_round_head_continues_the_probe_head_or_starts_fresh_when_it_is_gone():
     assert torch.equal(site.round_head(warm)["classifier.weight"], head["classifier.weight"])
     with pytest.raises(MedusaError, match="no longer holds"):  # a lost round head still fails
         site.round_head(_round(2, "train-round1"))
+
+
+def test_masked_lr_choices_keep_each_team_s_best_branch_on_its_validation_split(
+    tiny_bert, tiny_tasks, tmp_path, monkeypatch
+):
+    from clients import team_site
+
+    # Prepare: validation prefers the largest scale at alpha, the smallest elsewhere
+    runs: dict[tuple[str, float], torch.Tensor] = {}  # (team, scale) -> the branch's delta
+    real_finetune, real_evaluate = team_site.finetune, team_site.evaluate
+
+    def finetune(base, data, cfg, **kwargs):  # type: ignore[no-untyped-def]
+        result = real_finetune(base, data, cfg, **kwargs)
+        if kwargs.get("mask") is not None:
+            runs[(kwargs["desc"].split()[0], cfg.shared_lr_scale)] = result.delta
+        return result
+
+    def evaluate(base, shared, head, split, **kwargs):  # type: ignore[no-untyped-def]
+        desc = kwargs["desc"]
+        if not desc.startswith("val "):
+            return real_evaluate(base, shared, head, split, **kwargs)
+        team, scale = desc.split()[1], float(desc.rsplit("x", 1)[1])
+        return {"accuracy": scale if team == "alpha" else -scale}
+
+    monkeypatch.setattr(team_site, "finetune", finetune)
+    monkeypatch.setattr(team_site, "evaluate", evaluate)
+    grid = _grid(tiny_tasks)
+
+    # Execute
+    report, strategy = _run(
+        tiny_bert,
+        tmp_path / "run",
+        grid,
+        rounds=1,
+        **{"warm-start": False, "masked-lr-choices": "1|3|2"},
+    )
+
+    # Assert: every team trained once per scale; each kept (and sent) the branch validation
+    # chose, and the merge is base + the kept branches' owned values
+    assert sorted(runs) == sorted((t, s) for t in tiny_tasks for s in (1.0, 2.0, 3.0))
+    run = RunDir(tmp_path / "run", readonly=True)
+    assert strategy.state.ownership is not None
+    masks = {t: strategy.state.ownership.mask(t) for t in tiny_tasks}
+    assert sorted(t["name"] for t in report["teams"]) == sorted(tiny_tasks)
+    for name in tiny_tasks:
+        metrics = run.read_json(f"train/{name}.metrics.json")
+        want = 3.0 if name == "alpha" else 1.0
+        assert metrics["train_lr_scale"] == want, (name, metrics)
+        stored, _ = run.read_tensors(f"train/{name}.safetensors")
+        for tensor, d in stored.items():
+            m = masks[name][tensor]
+            assert torch.equal(d[m], runs[(name, want)][tensor][m]), (name, tensor)
+    _assert_owned_deltas_sum_exactly(run, strategy, masks)
 
 
 def test_class_balance_in_the_run_config_reaches_every_site_s_subsets():

@@ -105,6 +105,13 @@ def simulate(
             "(default: the run config's)."
         ),
     ] = None,
+    masked_lr_choices: Annotated[
+        str | None,
+        Option(
+            help="'1|2|3': each team trains every round at each masked lr scale and keeps the "
+            "one its validation split scores best (default: off)."
+        ),
+    ] = None,
     downlink: Annotated[
         str | None,
         Option(
@@ -199,6 +206,7 @@ def simulate(
             | ({"refit-epochs": refit_epochs} if refit_epochs is not None else {})
             | ({"warm-start": warm_start} if warm_start is not None else {})
             | ({"masked-lr-scale": masked_lr_scale} if masked_lr_scale is not None else {})
+            | ({"masked-lr-choices": masked_lr_choices} if masked_lr_choices is not None else {})
             | ({"downlink": downlink} if downlink is not None else {})
             | ({"downlink-dtype": downlink_dtype} if downlink_dtype is not None else {})
         )

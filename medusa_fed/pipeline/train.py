@@ -122,6 +122,7 @@ def train_round(
             branch="train" if r == cfg.rounds else f"train-round{r}",
             head_from=f"train-round{r - 1}" if r > 1 else ("probe" if cfg.warm else ""),
             masked_lr_scale=cfg.masked_lr_scale,  # read by controlled teams only
+            masked_lr_choices=cfg.masked_lr_choices,
             budget_epochs=cfg.epochs,  # the whole budget: what the floor head trains for
             budget_max_steps=cfg.max_steps,
             own_from=own_from if team in masks else "",

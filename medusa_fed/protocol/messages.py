@@ -156,6 +156,9 @@ class TrainRequest:
     start: Payload | None = field(default=None, metadata=record(START_KEY))  # merge so far
     lack: Payload | None = field(default=None, metadata=record(LACK_KEY))  # what the team lacks
     head: Payload | None = field(default=None, metadata=record(HEAD_KEY))  # the team's last head
+    # "1|2|3": a controlled team trains at each of these masked lr scales (not masked_lr_scale)
+    # and keeps the branch its validation split scores best; "" = masked_lr_scale only
+    masked_lr_choices: str = ""
 
 
 @dataclass(frozen=True)

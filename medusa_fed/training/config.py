@@ -132,3 +132,26 @@ def _choice(field: str, value: object, allowed: object) -> None:
     options = get_args(allowed)
     if value not in options:
         raise ConfigError(f"{field} must be one of {', '.join(options)}; found {value!r}")
+
+
+MAX_LR_CHOICES = 8
+
+
+def parse_lr_scales(text: str) -> tuple[float, ...]:
+    """The shared-tensor lr scales of ``"1|2|3"`` (run-config ``masked-lr-choices``); ``""`` is
+    none. ValueError naming what was expected when one is not a finite number > 0, repeats, or
+    there are more than :data:`MAX_LR_CHOICES`."""
+    if not text.strip():
+        return ()
+    parts = [p.strip() for p in text.split("|")]
+    try:
+        scales = tuple(float(p) for p in parts)
+    except ValueError:
+        raise ValueError(f"expected numbers separated by '|', found {text!r}") from None
+    if not all(math.isfinite(s) and s > 0 for s in scales):
+        raise ValueError(f"expected every scale finite and > 0, found {text!r}")
+    if len(set(scales)) < len(scales) or len(scales) > MAX_LR_CHOICES:
+        raise ValueError(
+            f"expected 1 to {MAX_LR_CHOICES} distinct scales, found {len(scales)} in {text!r}"
+        )
+    return scales
