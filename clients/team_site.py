@@ -213,9 +213,18 @@ class TeamSite:
     def probe(self, request: ProbeRequest) -> ProbeReply:
         """The probe: a short unmasked fine-tune from the base, top-d of each tensor's delta."""
         settings = request.settings
+        if request.scores == "fisher" and settings.dp_clip > 0:
+            raise PayloadError(
+                f"team {self.team.name!r}: the probe asked for Fisher scores under the privacy "
+                "option, which does not noise them; expected scores = delta with dp-clip > 0"
+            )
         base = self.base(settings)
         result = probe(
-            base, self.data(settings), self._train_config(settings), density=request.density
+            base,
+            self.data(settings),
+            self._train_config(settings),
+            density=request.density,
+            scores=request.scores,
         )
         if result.head:  # a warm-started round 1 continues it (warm-start = true)
             self._keep_head("probe", result.head)
@@ -229,6 +238,7 @@ class TeamSite:
             sender=self.sender(settings),
             delta=payload,
             metrics={k: float(v) for k, v in result.metrics.items()},
+            scores=encode_sparse_delta(result.scores) if result.scores is not None else None,
         )
 
     def train(self, request: TrainRequest) -> BranchReply:

@@ -70,12 +70,13 @@ class SparseDelta:
         return out.view(self.shape)
 
 
-def top_d(delta: torch.Tensor, density: float) -> SparseDelta:
-    """Keep the ``density`` fraction of ``delta``'s entries with the largest magnitude.
+def top_d(delta: torch.Tensor, density: float, key: torch.Tensor | None = None) -> SparseDelta:
+    """Keep the ``density`` fraction of ``delta``'s entries with the largest magnitude (of
+    ``key``'s entries when given: a score of the same shape, e.g. Fisher x delta squared).
 
     Trimming is per tensor (each tensor keeps ``ceil(density * numel)`` entries, ties broken by
     position), so a tensor's selection never depends on the others and can be streamed.
-    Exact zeros are never kept.
+    Exact zeros of ``delta`` are never kept.
     """
     if not 0.0 < density <= 1.0:
         raise PayloadError(f"density must be in (0, 1], found {density}")
@@ -84,7 +85,10 @@ def top_d(delta: torch.Tensor, density: float) -> SparseDelta:
     if k == flat.numel():
         idx = torch.arange(flat.numel(), dtype=torch.int64)
     else:
-        idx = torch.topk(flat.abs(), k, sorted=False).indices
+        rank = flat if key is None else key.detach().reshape(-1).to(torch.float32)
+        if rank.numel() != flat.numel():
+            raise PayloadError(f"top_d: key of {rank.numel()} entries for {flat.numel()}")
+        idx = torch.topk(rank.abs(), k, sorted=False).indices
         idx, _ = torch.sort(idx)
     vals = flat[idx]
     nz = vals != 0

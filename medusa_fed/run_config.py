@@ -16,7 +16,13 @@ from medusa_fed.codec.downlink import DownlinkDtype
 from medusa_fed.errors import ConfigError
 from medusa_fed.merging.spec import OWNERSHIP_METHODS, MergeChoice
 from medusa_fed.ownership.assign import OwnershipUnit, Policy, Unselected
-from medusa_fed.training.config import Family, Method, family_of, parse_lr_scales
+from medusa_fed.training.config import (
+    Family,
+    Method,
+    ProbeScores,
+    family_of,
+    parse_lr_scales,
+)
 
 ProbeWeights = Literal["rank", "magnitude"]
 Downlink = Literal["lacking", "dense"]
@@ -41,6 +47,11 @@ class RunConfig:
     # what the owner draw compares across teams: each team's per-tensor ranks of its probe values
     # (no scale of a probe wins a share; medusa_fed/ownership/fairness.py), or raw magnitudes
     probe_weights: ProbeWeights = "rank"
+    # what ranks each probe's entries (and weighs them in the assignment): "delta" = |delta|
+    # (the paper), "fisher" = sqrt(F x delta^2), F the squared gradients summed over the probe's
+    # steps (F x delta^2 ~ the loss the team would regain if the element went back to the base);
+    # sends the scores beside its delta (not under the privacy option, which does not noise them)
+    probe_scores: ProbeScores = "delta"
     max_share: float = 1.0  # < 1: no controllable team owns more than this fraction of elements
     # a team's TRAIN upload is refused when its L2 norm exceeds this times the norm of its own
     # probe on the same elements (owned ones; all for an uncontrolled team); 0 = no bound.
@@ -143,6 +154,13 @@ class RunConfig:
                 "rows), found 'ia3'"
             )
         choice("probe-weights", self.probe_weights, get_args(ProbeWeights))
+        choice("probe-scores", self.probe_scores, get_args(ProbeScores))
+        if self.probe_scores == "fisher" and self.dp_clip > 0:
+            raise ConfigError(
+                "probe-scores = fisher: expected dp-clip = 0 (the privacy option clips and "
+                "noises the probe's values, not its gradient scores), found dp-clip = "
+                f"{self.dp_clip}"
+            )
         choice("downlink", self.downlink, get_args(Downlink))
         choice("downlink-dtype", self.downlink_dtype, get_args(DownlinkDtype))
         if self.downlink == "dense" and self.downlink_dtype != "fp32":

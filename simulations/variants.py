@@ -17,6 +17,8 @@ a 1-epoch head re-fit): exactly what a coordinator would run with those keys.
 - ``mlr-choice``: each team trains every round at 1, 2 and 3 times the lr and keeps the branch its
   own validation split scores best (``masked-lr-choices``: a step per team, three fine-tunes per
   round at each team);
+- ``fisher``: probe entries ranked and weighed by sqrt(Fisher) x |delta| (``probe-scores``)
+  instead of |delta|: an element goes to the team whose loss depends on it most;
 - ``tsv-owned``: the owned deltas merged TSV-style (``medusa_tsv``: TSV-M on every weight matrix,
   Algorithm 3 on the rest), lambda 1, 1.5 or 2 chosen on validation;
 - ``lora-rank`` (``--method lora`` only): whole LoRA rank components per owner instead of
@@ -53,6 +55,7 @@ VARIANTS: dict[str, MedusaVariant] = {
         MedusaVariant("no-refit", (("refit-epochs", 0.0),)),
         *(MedusaVariant(f"mlr{k}", (("masked-lr-scale", float(k)),)) for k in (2, 3, 4)),
         MedusaVariant("mlr-choice", (("masked-lr-choices", "1|2|3"),)),
+        MedusaVariant("fisher", (("probe-scores", "fisher"),)),
         MedusaVariant("lora-rank", (("ownership-unit", "lora-rank"),)),  # --method lora only
         MedusaVariant("row", (("ownership-unit", "row"),)),  # not --method ia3
     )

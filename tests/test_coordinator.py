@@ -474,6 +474,66 @@ def test_round_head_continues_the_probe_head_or_starts_fresh_when_it_is_gone():
         site.round_head(_round(2, "train-round1"))
 
 
+def test_fisher_probe_scores_weigh_the_assignment_with_the_delta_s_signs(
+    tiny_bert, tiny_tasks, tmp_path, monkeypatch
+):
+    from medusa_fed.pipeline import probe as probe_stage
+
+    # Prepare: what the assignment is given
+    seen: dict = {}
+    real = probe_stage.assign_ownership
+
+    def spy(probes, *args, **kwargs):  # type: ignore[no-untyped-def]
+        seen.update(probes)
+        return real(probes, *args, **kwargs)
+
+    monkeypatch.setattr(probe_stage, "assign_ownership", spy)
+    grid = _grid(tiny_tasks)
+
+    # Execute
+    report, strategy = _run(
+        tiny_bert,
+        tmp_path / "run",
+        grid,
+        **{"probe-scores": "fisher", "probe-weights": "magnitude"},
+    )
+
+    # Assert: every team sent scores on its delta's entries; the assignment weighed each entry
+    # by its score with the delta's sign; the run merges exactly as ever
+    run = RunDir(tmp_path / "run", readonly=True)
+    shapes = strategy.state.shapes
+    for team in tiny_tasks:
+        delta = codec.decode_sparse_delta(
+            {k: v.numpy() for k, v in run.read_tensors(f"probe/{team}.safetensors")[0].items()},
+            shapes,
+        )
+        scores = codec.decode_sparse_delta(
+            {
+                k: v.numpy()
+                for k, v in run.read_tensors(f"probe/{team}.scores.safetensors")[0].items()
+            },
+            shapes,
+        )
+        for name, d in delta.items():
+            w = seen[team][name]
+            assert torch.equal(w.indices, d.indices) and torch.equal(
+                scores[name].indices, d.indices
+            )
+            assert torch.equal(w.values, scores[name].values * torch.sign(d.values))
+            assert bool((scores[name].values >= 0).all())
+    assert any(
+        not torch.equal(seen[t][n].values.abs(), d.values.abs())
+        for t in tiny_tasks
+        for n, d in codec.decode_sparse_delta(
+            {k: v.numpy() for k, v in run.read_tensors(f"probe/{t}.safetensors")[0].items()},
+            shapes,
+        ).items()
+    )
+    assert all(t["status"] == "ok" for t in report["teams"])
+    masks = {t: strategy.state.ownership.mask(t) for t in tiny_tasks}
+    _assert_owned_deltas_sum_exactly(run, strategy, masks)
+
+
 def test_masked_lr_choices_keep_each_team_s_best_branch_on_its_validation_split(
     tiny_bert, tiny_tasks, tmp_path, monkeypatch
 ):

@@ -75,6 +75,10 @@ def simulate(
     probe_weights: Annotated[
         str, Option(help="What the owner draw compares: rank (default) | magnitude")
     ] = "rank",
+    probe_scores: Annotated[
+        str,
+        Option(help="What ranks a probe's entries: delta (default) | fisher (sqrt F x |delta|)"),
+    ] = "delta",
     dp_clip: Annotated[
         float, Option(help="Privacy option: L2 clip of each site upload (0 = off).")
     ] = 0.0,
@@ -185,6 +189,7 @@ def simulate(
                 "ownership-unit": ownership_unit,
                 "probe-density": probe_density,
                 "probe-weights": probe_weights,
+                "probe-scores": probe_scores,
                 "dp-clip": dp_clip,
                 "dp-noise": dp_noise,
                 "probe-epochs": probe_epochs,

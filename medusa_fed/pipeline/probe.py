@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from medusa_fed import codec
+from medusa_fed.codec.layout import Payload
 from medusa_fed.deltas import SparseDelta
 from medusa_fed.errors import ConfigError, MedusaError, PayloadError
 from medusa_fed.ownership import OwnershipMap, assign_ownership
@@ -26,8 +27,17 @@ def probe(state: RunState, transport: Transport) -> None:
     direction, paper Algorithm 1 line 5). A stored probe is not asked for again."""
     teams = state.usable("probe")
     cfg = state.config
-    todo = [t for t in teams if not state.stored(t, "probe", f"probe/{t}.safetensors")]
-    request = ProbeRequest(state.settings(cfg.probe_epochs, cfg.probe_max_steps), cfg.probe_density)
+    fisher = cfg.probe_scores == "fisher"
+    # the scores are stored first, the delta last: a stored delta means a complete probe
+    todo = [
+        t
+        for t in teams
+        if not state.stored(t, "probe", f"probe/{t}.safetensors")
+        or (fisher and not state.stored(t, "probe", f"probe/{t}.scores.safetensors"))
+    ]
+    request = ProbeRequest(
+        state.settings(cfg.probe_epochs, cfg.probe_max_steps), cfg.probe_density, cfg.probe_scores
+    )
     replies = send(state, transport, "probe", lambda _t: request, ProbeReply, teams=todo)
     base_norm = sum(float(t.double().square().sum()) for t in state.base_state.values()) ** 0.5
     for team, reply in replies.items():
@@ -38,15 +48,63 @@ def probe(state: RunState, transport: Transport) -> None:
             )
             check_density(sparse, cfg.probe_density)
             check_probe_norm(team, sparse, base_norm)
+            if fisher:
+                check_scores(reply.scores, sparse, state, team)
         except MedusaError as exc:
             state.drop(team, "probe", f"payload rejected: {exc}")
             continue
+        if fisher and reply.scores is not None:
+            state.run_dir.write_tensors(
+                f"probe/{team}.scores.safetensors",
+                {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in reply.scores.items()},
+            )
         state.run_dir.write_tensors(
             f"probe/{team}.safetensors",
             {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in reply.delta.items()},
         )
-        state.count(team, "probe", sent=0, received=codec.payload_nbytes(reply.delta))
+        got = codec.payload_nbytes(reply.delta)
+        got += codec.payload_nbytes(reply.scores) if fisher and reply.scores is not None else 0
+        state.count(team, "probe", sent=0, received=got)
     state.usable("probe")
+
+
+def check_scores(
+    scores: Payload | None, sparse: dict[str, SparseDelta], state: RunState, team: str
+) -> None:
+    """A Fisher probe's scores: present, one per kept delta entry (the same indices), finite and
+    >= 0; PayloadError naming what was expected and found."""
+    if scores is None:
+        raise PayloadError("probe-scores = fisher: expected the entries' scores, found none")
+    got = codec.decode_sparse_delta(
+        scores, state.shapes, team=team, max_bytes=state.max_payload_bytes
+    )
+    for name, s in got.items():  # the codec has checked that every tensor is there
+        if not torch.equal(s.indices, sparse[name].indices):
+            raise PayloadError(
+                f"scores of {name}: expected the probe delta's indices, found others"
+            )
+        if bool((s.values < 0).any()):
+            raise PayloadError(f"scores of {name}: expected values >= 0, found a negative one")
+
+
+def probe_weights(state: RunState) -> dict[str, dict[str, SparseDelta]]:
+    """What the assignment weighs: each team's probe delta, or under probe-scores = fisher its
+    scores with the delta's signs (the direction rule still reads the sign)."""
+    probes = load_probes(state)
+    if state.config.probe_scores != "fisher":
+        return probes
+    out = {}
+    for team, probe in probes.items():
+        tensors, _ = state.run_dir.read_tensors(f"probe/{team}.scores.safetensors")
+        arrays = {k: v.numpy() for k, v in tensors.items()}
+        scores = codec.decode_sparse_delta(arrays, state.shapes, team=team)
+        out[team] = {
+            n: SparseDelta(
+                d.shape, d.indices, scores[n].values.float() * torch.sign(d.values.float())
+            )
+            for n, d in probe.items()
+        }
+    return out
 
 
 def check_density(sparse: dict[str, SparseDelta], density: float) -> None:
@@ -108,7 +166,7 @@ def assign(state: RunState) -> None:
             "nothing to assign. Use merge = ties (or another baseline) instead"
         )
     cfg = state.config
-    probes, space = load_probes(state), dict(state.shapes)
+    probes, space = probe_weights(state), dict(state.shapes)
     # a coarser unit (whole LoRA rank components, whole rows): assign in its space, then write
     # each owner to its elements
     unit = UNITS.get(cfg.ownership_unit)

@@ -27,9 +27,11 @@ from typing import ClassVar, Literal
 from medusa_fed.codec.downlink import DownlinkDtype
 from medusa_fed.codec.layout import Payload
 from medusa_fed.errors import PayloadError
-from medusa_fed.training.config import Family, Method, ModelSpec, TrainConfig
+from medusa_fed.training.config import Family, Method, ModelSpec, ProbeScores, TrainConfig
 
-PROTOCOL_VERSION = 1
+# 2: Settings.class_balance, ProbeRequest.scores, TrainRequest.masked_lr_choices (a site of
+# version 1 would ignore them silently; HELLO refuses it instead)
+PROTOCOL_VERSION = 2
 
 # Record keys inside a Flower message's RecordDict (medusa_fed.protocol.flower)
 CONFIG_KEY = "config"  # ConfigRecord: every scalar field, kebab-case
@@ -37,6 +39,7 @@ ARRAYS_KEY = "arrays"  # ArrayRecord: the main payload (mask, delta, merged weig
 START_KEY = "start"  # ArrayRecord: shared weights a round starts from
 HEAD_KEY = "head"  # ArrayRecord: a team's own classification head (never merged)
 LACK_KEY = "lack"  # ArrayRecord: the weights a team lacks (codec.downlink)
+SCORES_KEY = "scores"  # ArrayRecord: a probe's entry scores (probe-scores = fisher)
 MASK_KEY = "mask"  # ArrayRecord: the team's mask, when EVAL sends only what the team lacks
 METRICS_KEY = "metrics"  # MetricRecord: metrics
 # Flower error code of a team site that lacks what a light request relies on (StateMissing): the
@@ -124,6 +127,7 @@ class ProbeRequest:
     MESSAGE_TYPE: ClassVar[str] = "train.probe"
     settings: Settings  # the probe's budget
     density: float  # top-d of each tensor's delta
+    scores: ProbeScores  # what ranks the entries: |delta| or Fisher x delta^2 (sent back too)
 
 
 @dataclass(frozen=True)
@@ -131,6 +135,8 @@ class ProbeReply:
     sender: Sender
     delta: Payload = field(metadata=record(ARRAYS_KEY))  # codec sparse delta
     metrics: dict[str, float] = field(default_factory=dict, metadata=record(METRICS_KEY))
+    # scores = fisher: each kept entry's score, a codec sparse delta on the delta's indices
+    scores: Payload | None = field(default=None, metadata=record(SCORES_KEY))
 
 
 @dataclass(frozen=True)
@@ -274,6 +280,7 @@ __all__ = [
     "ARRAYS_KEY",
     "START_KEY",
     "HEAD_KEY",
+    "SCORES_KEY",
     "METRICS_KEY",
     "LACK_KEY",
     "MASK_KEY",

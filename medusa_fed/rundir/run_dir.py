@@ -8,6 +8,7 @@ restart resumes where it stopped and nothing a team sent is lost. Layout (paths 
     manifest.json                       relpath -> {sha256, bytes, written_at} of every stored file
     hello/<team>.json                   a team's HELLO reply (fingerprint, task, controlled?)
     probe/<team>.safetensors            a team's top-d probe delta
+    probe/<team>.scores.safetensors     probe-scores = fisher: its entries' scores (stored first)
     ownership.safetensors               the owner id of every parameter element
     train-round<r>/<team>...            rounds > 1 or warm start: round r's reply (delta, head,
                                         metrics)

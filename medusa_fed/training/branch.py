@@ -21,7 +21,7 @@ from medusa_fed.deltas import SparseDelta, StateDict, state_delta, top_d
 from medusa_fed.errors import DataError
 from medusa_fed.masking import check_masks
 from medusa_fed.training.chat import ChatTask, Framing
-from medusa_fed.training.config import TrainConfig
+from medusa_fed.training.config import ProbeScores, TrainConfig
 from medusa_fed.training.instruct import GENERIC_INSTRUCTION, Prompter
 from medusa_fed.training.loop import train
 from medusa_fed.training.models import BaseModel
@@ -39,6 +39,8 @@ class ProbeResult:
     sparse: dict[str, SparseDelta]
     metrics: dict[str, float]
     head: StateDict
+    # probe-scores = fisher: each kept entry's score (same indices as ``sparse``), else None
+    scores: dict[str, SparseDelta] | None = None
 
 
 @dataclass(frozen=True)
@@ -75,8 +77,22 @@ def prompter_of(base: BaseModel, data: TaskData) -> Framing | None:
     return Prompter(data.instruction or GENERIC_INSTRUCTION, data.labels)
 
 
-def probe(base: BaseModel, data: TaskData, cfg: TrainConfig, density: float = 0.2) -> ProbeResult:
+def probe(
+    base: BaseModel,
+    data: TaskData,
+    cfg: TrainConfig,
+    density: float = 0.2,
+    scores: ProbeScores = "delta",
+) -> ProbeResult:
     """Unmasked fine-tune from the base, then keep each shared tensor's top-``density`` delta.
+
+    ``scores = "fisher"`` ranks the entries by ``sqrt(F) x |delta|`` instead of ``|delta|``, with
+    ``F`` the squared gradients summed over the probe's steps (the empirical Fisher diagonal up
+    to a constant): the square root of ``F x delta^2``, about twice the loss the team would
+    regain if the element went back to the base (a second-order estimate), so an element the
+    team's loss is flat in ranks low however far it moved. The square root keeps the order and
+    halves the dynamic range the scaled-fp16 codec must hold. The kept entries carry their delta
+    as values and the score in ``ProbeResult.scores``.
 
     Parameters
     ----------
@@ -87,9 +103,21 @@ def probe(base: BaseModel, data: TaskData, cfg: TrainConfig, density: float = 0.
         The probe budget (``epochs`` defaults to 1, the paper's probe).
     density : float (default: 0.2)
         Fraction of each tensor's entries kept, by magnitude.
+    scores : "delta" | "fisher" (default: "delta")
+        What ranks the entries (above).
     """
-    result = finetune(base, data, cfg, desc=f"probe {data.name}")
-    sparse = {name: top_d(d, density) for name, d in result.delta.items()}
+    fisher: dict[str, torch.Tensor] | None = {} if scores == "fisher" else None
+    result = finetune(base, data, cfg, desc=f"probe {data.name}", grad_squares=fisher)
+    kept_scores: dict[str, SparseDelta] | None = None
+    if fisher is None:
+        sparse = {name: top_d(d, density) for name, d in result.delta.items()}
+    else:
+        sparse, kept_scores = {}, {}
+        for name, d in result.delta.items():
+            score = fisher.get(name, torch.zeros_like(d)).reshape(d.shape).sqrt() * d.abs()
+            sparse[name] = top_d(d, density, key=score)
+            idx = sparse[name].indices
+            kept_scores[name] = SparseDelta(sparse[name].shape, idx, score.reshape(-1)[idx])
     kept = sum(s.indices.numel() for s in sparse.values())
     log.info(
         "probe %s: kept %d of %d delta entries",
@@ -97,7 +125,7 @@ def probe(base: BaseModel, data: TaskData, cfg: TrainConfig, density: float = 0.
         kept,
         sum(d.numel() for d in result.delta.values()),
     )
-    return ProbeResult(sparse, result.metrics, result.head)
+    return ProbeResult(sparse, result.metrics, result.head, kept_scores)
 
 
 def finetune(
@@ -109,6 +137,7 @@ def finetune(
     head: Mapping[str, torch.Tensor] | None = None,
     head_only: bool = False,
     desc: str | None = None,
+    grad_squares: dict[str, torch.Tensor] | None = None,
 ) -> BranchResult:
     """Fine-tune one branch on ``data.train``.
 
@@ -123,6 +152,9 @@ def finetune(
         The team head to continue; None = a fresh head seeded by ``cfg.seed``.
     head_only : bool (default: False)
         Freeze the shared space; train only the head (delta is all zeros).
+    grad_squares : dict | None (default: None)
+        An empty dict the run fills with each shared tensor's squared gradients summed over the
+        steps (:func:`medusa_fed.training.loop.train`).
     """
     labels = num_labels_of(base, data)
     team = base.build(labels, shared=start, head=head, head_seed=cfg.seed)
@@ -143,6 +175,7 @@ def finetune(
         head_only=head_only,
         desc=desc or f"finetune {data.name}",
         prompter=prompter_of(base, data),
+        grad_squares=grad_squares,
     )
     delta = state_delta(team.shared_state(), begin)
     if masks is not None:

@@ -12,6 +12,8 @@ from medusa_fed.training.device import check_device
 Family = Literal["encoder-classifier", "causal-lm"]
 Method = Literal["full", "lora", "ia3"]
 Optimizer = Literal["adamw", "sgd"]
+# what ranks a probe's entries: |delta| (the paper) or Fisher x delta^2 (training.branch.probe)
+ProbeScores = Literal["delta", "fisher"]
 BUNDLED_NAMES = ("all-MiniLM-L6-v2", "minilm")
 # causal LMs that ship as packages (medusa_fed.training.packaged); their family is causal-lm
 PACKAGED_LLM_NAMES = ("smollm2-135m-instruct",)

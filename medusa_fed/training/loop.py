@@ -156,8 +156,13 @@ def train(
     head_only: bool = False,
     desc: str = "train",
     prompter: Framing | None = None,
+    grad_squares: dict[str, torch.Tensor] | None = None,
 ) -> dict[str, float]:
     """Train ``team`` in place on ``split``; returns loss and timing metrics.
+
+    ``grad_squares`` (an empty dict to fill): each trainable shared tensor's squared gradient
+    summed over the steps (fp32 on CPU, before clipping), the empirical Fisher diagonal of the
+    run up to a factor of the step count.
 
     ``masks`` (shared-space name -> bool, True = owned) restricts the shared space bit-exactly;
     ``head_only`` freezes the whole shared space; a ``prompter`` trains a causal LM on a labelled
@@ -168,7 +173,22 @@ def train(
     apply_thread_setting()
     device = resolve_device(cfg.device)
     with on_device(team.module, device):
-        return _train(team, tokenizer, split, cfg, method, masks, head_only, desc, prompter, device)
+        return _train(
+            team, tokenizer, split, cfg, method, masks, head_only, desc, prompter, device,
+            grad_squares,
+        )  # fmt: skip
+
+
+def _add_grad_squares(team: TeamModel, into: dict[str, torch.Tensor]) -> None:
+    """Add each shared tensor's squared gradient of this step to ``into`` (fp32, CPU)."""
+    for name, p in team.shared.items():
+        if p.grad is None:
+            continue
+        g2 = p.grad.detach().float().square().cpu()
+        if name in into:
+            into[name].add_(g2)
+        else:
+            into[name] = g2
 
 
 def _train(
@@ -182,6 +202,7 @@ def _train(
     desc: str,
     prompter: Framing | None,
     device: torch.device,
+    grad_squares: dict[str, torch.Tensor] | None = None,
 ) -> dict[str, float]:
     for p in team.shared.values():
         p.requires_grad_(not head_only)
@@ -222,6 +243,8 @@ def _train(
                     loss = team.module(**{k: v.to(device) for k, v in batch.items()}).loss
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                if grad_squares is not None:
+                    _add_grad_squares(team, grad_squares)
                 if cfg.grad_clip > 0:
                     torch.nn.utils.clip_grad_norm_(
                         [p for p in params if p.requires_grad], cfg.grad_clip

@@ -28,6 +28,8 @@ from medusa_fed.team_config import TeamConfig
         ({"merge": "ties", "compare": "linear"}, "'compare' and 'federated' are only"),
         ({"masked-lr-scale": 0}, "masked-lr-scale must be > 0 and finite"),
         ({"masked-lr-scale": "nan"}, "masked-lr-scale: expected a finite number, found nan"),
+        ({"probe-scores": "grad"}, "probe-scores: expected one of delta, fisher, found 'grad'"),
+        ({"probe-scores": "fisher", "dp-clip": 1.0}, "probe-scores = fisher: expected dp-clip = 0"),
         ({"masked-lr-choices": "1|x"}, "masked-lr-choices: expected numbers separated by '|'"),
         ({"masked-lr-choices": "1|nan"}, "masked-lr-choices: expected every scale finite and > 0"),
         ({"masked-lr-choices": "0|2"}, "masked-lr-choices: expected every scale finite and > 0"),

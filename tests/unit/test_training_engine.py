@@ -231,3 +231,45 @@ def test_errors_say_what_was_wrong(tiny: dict[str, Path], tmp_path: Path) -> Non
         TrainConfig(optimizer="adam")  # type: ignore[arg-type]
     with pytest.raises(ConfigError):
         ModelSpec(method="prefix")  # type: ignore[arg-type]
+
+
+def test_fisher_probe_ranks_entries_by_gradient_squares_times_delta(
+    tiny: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Prepare: every step's gradients, read where the loop clips them (an independent path)
+    base = _base(tiny, "bert", "full")
+    steps: list[list[torch.Tensor]] = []
+    real = torch.nn.utils.clip_grad_norm_
+
+    def spy(params, *args, **kwargs):  # type: ignore[no-untyped-def]
+        params = list(params)
+        steps.append([p.grad.detach().float().square() for p in params])
+        return real(params, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", spy)
+
+    # Execute
+    result = probe(base, CLS, CFG, density=0.1, scores="fisher")
+    monkeypatch.undo()
+    dense = finetune(base, CLS, CFG).delta
+
+    # Assert: the kept entries are the top 10% of sqrt(sum of g^2) x |delta|, their values the
+    # delta, their scores that product (the shared tensors come first among the parameters)
+    assert len(steps) == CFG.max_steps and result.scores is not None
+    fisher = [sum(s[i] for s in steps) for i in range(len(steps[0]))]
+    for (name, d), f in zip(dense.items(), fisher, strict=False):
+        assert f.shape == d.shape, name
+        want = (f.sqrt() * d.abs()).reshape(-1)
+        kept, scores = result.sparse[name], result.scores[name]
+        assert torch.equal(kept.values, d.reshape(-1)[kept.indices])
+        assert torch.equal(scores.indices, kept.indices)
+        assert torch.allclose(scores.values, want[kept.indices], rtol=1e-6, atol=0)
+        if kept.indices.numel():
+            others = torch.ones(d.numel(), dtype=torch.bool)
+            others[kept.indices] = False
+            assert bool((want[others] <= want[kept.indices].min() * (1 + 1e-6)).all()), name
+    plain = probe(base, CLS, CFG, density=0.1)
+    assert plain.scores is None
+    assert any(
+        not torch.equal(plain.sparse[n].indices, result.sparse[n].indices) for n in dense
+    )  # the ranking moved somewhere
