@@ -33,7 +33,7 @@ ARRAYS = {"w::values": np.arange(6, dtype=np.float16), "w::idx": np.arange(6, dt
 MESSAGES = [
     HelloRequest(SETTINGS, 1, "f" * 64),
     HelloReply("legal", "legal.csv", False, "f" * 64, ("neg", "pos"), 10, 5, 1),
-    ProbeRequest(SETTINGS, 0.2),
+    ProbeRequest(SETTINGS, 0.2, "fisher"),
     ProbeReply(Sender("legal", "f" * 64), ARRAYS, {"loss": 0.5}),
     TrainRequest(
         SETTINGS,
@@ -50,6 +50,7 @@ MESSAGES = [
         mask=ARRAYS,
         lack=ARRAYS,
         head=ARRAYS,
+        masked_lr_choices="1|2",
     ),
     FreeRequest(SETTINGS),
     BranchReply(Sender("legal", "f" * 64), ARRAYS, None, {"alone_accuracy": 0.75}),
@@ -60,6 +61,7 @@ MESSAGES = [
         SETTINGS, "medusa", "train", 0.0, 1e-3, "test", "f" * 64, "train", lack=ARRAYS, mask=ARRAYS
     ),
     EvalReply({"accuracy": 1.0}, ARRAYS),
+    ProbeReply(Sender("legal", "f" * 64), ARRAYS, {"loss": 0.5}, scores=ARRAYS),  # fisher
 ]
 
 
