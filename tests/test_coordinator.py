@@ -501,33 +501,26 @@ def test_fisher_probe_scores_weigh_the_assignment_with_the_delta_s_signs(
     # Assert: every team sent scores on its delta's entries; the assignment weighed each entry
     # by its score with the delta's sign; the run merges exactly as ever
     run = RunDir(tmp_path / "run", readonly=True)
-    shapes = strategy.state.shapes
-    for team in tiny_tasks:
-        delta = codec.decode_sparse_delta(
-            {k: v.numpy() for k, v in run.read_tensors(f"probe/{team}.safetensors")[0].items()},
-            shapes,
+
+    def stored(rel: str) -> dict:
+        tensors, _ = run.read_tensors(rel)
+        return codec.decode_sparse_delta(
+            {k: v.numpy() for k, v in tensors.items()}, strategy.state.shapes
         )
-        scores = codec.decode_sparse_delta(
-            {
-                k: v.numpy()
-                for k, v in run.read_tensors(f"probe/{team}.scores.safetensors")[0].items()
-            },
-            shapes,
-        )
+
+    deltas = {t: stored(f"probe/{t}.safetensors") for t in tiny_tasks}
+    for team, delta in deltas.items():
+        scores = stored(f"probe/{team}.scores.safetensors")
         for name, d in delta.items():
             w = seen[team][name]
-            assert torch.equal(w.indices, d.indices) and torch.equal(
-                scores[name].indices, d.indices
-            )
+            assert torch.equal(w.indices, d.indices)
+            assert torch.equal(scores[name].indices, d.indices)
             assert torch.equal(w.values, scores[name].values * torch.sign(d.values))
             assert bool((scores[name].values >= 0).all())
-    assert any(
+    assert any(  # the weights are not the deltas' magnitudes
         not torch.equal(seen[t][n].values.abs(), d.values.abs())
-        for t in tiny_tasks
-        for n, d in codec.decode_sparse_delta(
-            {k: v.numpy() for k, v in run.read_tensors(f"probe/{t}.safetensors")[0].items()},
-            shapes,
-        ).items()
+        for t, delta in deltas.items()
+        for n, d in delta.items()
     )
     assert all(t["status"] == "ok" for t in report["teams"])
     masks = {t: strategy.state.ownership.mask(t) for t in tiny_tasks}

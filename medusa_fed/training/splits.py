@@ -119,13 +119,7 @@ def stratified_cap(part: list[int], ids: list[int], cap: int) -> list[int]:
                 donor = max(sorted(quota), key=lambda d: quota[d])
                 quota[donor] -= 1
                 quota[c] = 1
-    taken: Counter[int] = Counter()
-    chosen = []
-    for i in part:
-        if taken[ids[i]] < quota[ids[i]]:
-            taken[ids[i]] += 1
-            chosen.append(i)
-    return chosen
+    return _take(part, ids, quota)
 
 
 def balanced_cap(part: list[int], ids: list[int], cap: int) -> list[int]:
@@ -154,6 +148,11 @@ def balanced_cap(part: list[int], ids: list[int], cap: int) -> list[int]:
         share, extra = divmod(left, len(open_))
         for rank, c in enumerate(open_):
             quota[c] = share + (rank < extra)
+    return _take(part, ids, quota)
+
+
+def _take(part: list[int], ids: list[int], quota: dict[int, int]) -> list[int]:
+    """The first ``quota[c]`` positions of each class ``c`` in ``part``, order kept."""
     taken: Counter[int] = Counter()
     chosen = []
     for i in part:
