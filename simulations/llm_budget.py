@@ -67,6 +67,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--max-length", type=int, default=96)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--balance-classes",
+        action="store_true",
+        help="capped subsets take every class equally (run-config class-balance, as the bench)",
+    )
     ap.add_argument("--out", type=Path, default=Path("runs/llm-budget.json"))
     args = ap.parse_args(argv)
 
@@ -81,6 +86,7 @@ def main(argv: list[str] | None = None) -> None:
                 max_train=args.max_train,
                 max_validation=args.max_validation,
                 max_test=1,  # never scored here
+                balance_classes=args.balance_classes,
                 seed=args.seed,
             )
         )
@@ -122,7 +128,8 @@ def main(argv: list[str] | None = None) -> None:
     table = "\n".join(lines)
     print(
         f"validation accuracy (rank classification), {args.method}, {args.max_train} train, "
-        f"{args.max_validation} validation, max-length {args.max_length}, seed {args.seed}:"
+        f"{args.max_validation} validation, max-length {args.max_length}, seed {args.seed}"
+        f"{', classes balanced' if args.balance_classes else ''}:"
     )
     print(table)
     args.out.parent.mkdir(parents=True, exist_ok=True)
