@@ -72,7 +72,7 @@ class SparseDelta:
 
 def top_d(delta: torch.Tensor, density: float, key: torch.Tensor | None = None) -> SparseDelta:
     """Keep the ``density`` fraction of ``delta``'s entries with the largest magnitude (of
-    ``key``'s entries when given: a score of the same shape, e.g. Fisher x delta squared).
+    ``key``'s entries when given: a score of the same shape, e.g. sqrt(Fisher) x |delta|).
 
     Trimming is per tensor (each tensor keeps ``ceil(density * numel)`` entries, ties broken by
     position), so a tensor's selection never depends on the others and can be streamed.
