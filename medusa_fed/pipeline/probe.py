@@ -54,14 +54,8 @@ def probe(state: RunState, transport: Transport) -> None:
             state.drop(team, "probe", f"payload rejected: {exc}")
             continue
         if fisher and reply.scores is not None:
-            state.run_dir.write_tensors(
-                f"probe/{team}.scores.safetensors",
-                {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in reply.scores.items()},
-            )
-        state.run_dir.write_tensors(
-            f"probe/{team}.safetensors",
-            {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in reply.delta.items()},
-        )
+            _write_payload(state, f"probe/{team}.scores.safetensors", reply.scores)
+        _write_payload(state, f"probe/{team}.safetensors", reply.delta)
         got = codec.payload_nbytes(reply.delta)
         got += codec.payload_nbytes(reply.scores) if fisher and reply.scores is not None else 0
         state.count(team, "probe", sent=0, received=got)
@@ -95,9 +89,7 @@ def probe_weights(state: RunState) -> dict[str, dict[str, SparseDelta]]:
         return probes
     out = {}
     for team, probe in probes.items():
-        tensors, _ = state.run_dir.read_tensors(f"probe/{team}.scores.safetensors")
-        arrays = {k: v.numpy() for k, v in tensors.items()}
-        scores = codec.decode_sparse_delta(arrays, state.shapes, team=team)
+        scores = _read_sparse(state, f"probe/{team}.scores.safetensors", team)
         out[team] = {
             n: SparseDelta(
                 d.shape, d.indices, scores[n].values.float() * torch.sign(d.values.float())
@@ -143,12 +135,21 @@ def check_probe_norm(team: str, sparse: dict[str, SparseDelta], base_norm: float
 
 def load_probes(state: RunState) -> dict[str, dict[str, SparseDelta]]:
     """Every active team's stored probe, decoded."""
-    probes = {}
-    for team in state.roster.active:
-        tensors, _ = state.run_dir.read_tensors(f"probe/{team}.safetensors")
-        arrays = {k: v.numpy() for k, v in tensors.items()}
-        probes[team] = codec.decode_sparse_delta(arrays, state.shapes, team=team)
-    return probes
+    return {t: _read_sparse(state, f"probe/{t}.safetensors", t) for t in state.roster.active}
+
+
+def _write_payload(state: RunState, rel: str, payload: Payload) -> None:
+    """Store a validated sparse payload as it came (one safetensors file)."""
+    arrays = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in payload.items()}
+    state.run_dir.write_tensors(rel, arrays)
+
+
+def _read_sparse(state: RunState, rel: str, team: str) -> dict[str, SparseDelta]:
+    """A stored sparse payload (a probe delta or its scores), decoded."""
+    tensors, _ = state.run_dir.read_tensors(rel)
+    return codec.decode_sparse_delta(
+        {k: v.numpy() for k, v in tensors.items()}, state.shapes, team=team
+    )
 
 
 def assign(state: RunState) -> None:
