@@ -210,8 +210,8 @@ def test_bench_llm_budget_is_its_own():
     ia3 = bench_config("quick", "ia3", "", "", model="SmolLM2-135M-Instruct")
     # Assert: one 3-team setting, 2 seeds, the LLM grid and each adapter's own budget
     assert lora.settings == (LLM_TEAMS,) and lora.seeds == (0, 1)
-    assert (lora.max_train, lora.epochs, lora.lr) == LLM_BUDGET["lora"] == (64, 3.0, 3e-3)
-    assert (ia3.max_train, ia3.epochs, ia3.lr) == LLM_BUDGET["ia3"] == (64, 5.0, 1e-2)
+    assert (lora.max_train, lora.epochs, lora.lr) == LLM_BUDGET["lora"] == (64, 5.0, 3e-3)
+    assert (ia3.max_train, ia3.epochs, ia3.lr) == LLM_BUDGET["ia3"] == (64, 5.0, 3e-2)
     assert ia3.method == "ia3" and (lora.max_eval, lora.max_length) == (32, 96)
     assert [v.name for v in lora.variants] == ["default", "lora-rank"]
     assert len(lora.grid) < len(bench_config("quick", "lora", "", "").grid)
