@@ -21,10 +21,13 @@ uncontrolled teams' sum): such elements are treated exactly as "no candidate". T
 controllable team drawn uniformly at random, and ``unselected="frozen"`` gives it ``NO_OWNER``, so
 it stays at the base (uncontrolled teams still train it).
 
-Reproducibility: teams and tensors are processed in sorted order and every random draw comes from a
-generator seeded by (seed, tensor name, chunk index), so the map does not depend on dict order.
-Memory stays near one chunk of uniforms plus ``k x BLOCK`` floats per thread (chunks run on
-``torch.get_num_threads()`` threads) plus the output (one uint8 per element).
+Reproducibility: teams and tensors are processed in sorted order; the proportional draw and the
+"random" fill of an element read one uniform from a counter-based stream keyed by (seed, tensor
+name) at the element's offset (``kernels.counter_uniforms``), so the map depends on neither dict
+order, chunk size, thread count nor whether the C kernel or its torch twin ran. (Balanced draws
+from generators seeded by (seed, tensor name, chunk index).)
+Memory stays near ``k x BLOCK`` floats per thread (chunks run on ``torch.get_num_threads()``
+threads) plus the output (one uint8 per element).
 """
 
 from __future__ import annotations
@@ -36,16 +39,22 @@ from typing import Literal, get_args
 
 import torch
 
+from medusa_fed import native
 from medusa_fed.deltas import SparseDelta
 from medusa_fed.errors import OwnershipError
 from medusa_fed.ownership.candidates import (
     BLOCK,
     Candidates,
     build_candidates,
-    chunk_generator,
     map_chunks,
+    stream_key,
 )
-from medusa_fed.ownership.kernels import ChunkKernel, owners_for_chunk
+from medusa_fed.ownership.kernels import (
+    ChunkKernel,
+    counter_uniforms,
+    native_owners,
+    owners_for_chunk,
+)
 from medusa_fed.ownership.ownership_map import OwnershipMap
 
 logger = logging.getLogger(__name__)
@@ -123,25 +132,39 @@ def assign_ownership(
 def _assign_independent(
     cands: Candidates, policy: Policy, unselected: Unselected, seed: int, progress: bool
 ) -> OwnershipMap:
-    """Proportional or argmax: every element decided on its own, chunks on threads, each chunk
-    in cache-sized blocks (the owners do not depend on the block width or the thread count)."""
+    """Proportional or argmax: every element decided on its own, chunks on threads. Each chunk
+    goes through the fused C kernel (:mod:`medusa_fed.native`) where one is built, else through
+    the torch kernels in cache-sized blocks; both give the same owners (the uniforms come from
+    a counter-based stream per tensor, so neither the block width nor the chunk size nor the
+    thread count changes them)."""
     k = len(cands.teams)
     owners = {n: torch.empty(math.prod(s), dtype=torch.uint8) for n, s in cands.shapes.items()}
+    keys = {n: stream_key(seed, n) for n in cands.shapes}
     jobs = [(n, c, s, e) for n in cands.shapes for c, s, e in cands.chunks(n)]
     widest = max((e - s for _n, _c, s, e in jobs), default=1)
     # argmax reads the uniforms only where no team is a candidate under "random"
     draw = policy != "argmax" or unselected == "random"
+    lib = native.library()
 
-    def workspace() -> tuple[ChunkKernel, torch.Tensor]:
-        return ChunkKernel(k, min(BLOCK, widest)), torch.empty(widest if draw else 0)
+    def workspace() -> ChunkKernel | None:
+        return None if lib is not None else ChunkKernel(k, min(BLOCK, widest))
 
-    def one_chunk(ws: tuple[ChunkKernel, torch.Tensor], job: tuple[str, int, int, int]) -> None:
-        kernel, ubuf = ws
-        name, c, start, end = job
-        if draw:  # the whole chunk's stream, whatever the block width
-            torch.rand(
-                end - start, generator=chunk_generator(seed, name, c), out=ubuf[: end - start]
+    def one_chunk(kernel: ChunkKernel | None, job: tuple[str, int, int, int]) -> None:
+        name, _c, start, end = job
+        if kernel is None:
+            assert lib is not None
+            native_owners(
+                lib,
+                cands,
+                name,
+                start,
+                end,
+                keys[name],
+                policy,
+                unselected,
+                owners[name][start:end],
             )
+            return
         edges = [*range(start, end, BLOCK), end]
         pos = cands.spans(name, edges)
         for j in range(len(edges) - 1):
@@ -149,7 +172,9 @@ def _assign_independent(
             w = cands.weights(
                 name, lo, hi, kernel.weights, {t: (p[j], p[j + 1]) for t, p in pos.items()}
             )
-            u = ubuf[lo - start : hi - start] if draw else kernel.u[: hi - lo]
+            u = kernel.u[: hi - lo]
+            if draw:
+                counter_uniforms(keys[name], lo, hi - lo, out=u)
             kernel.owners(w, u, policy, unselected, out=owners[name][lo:hi])
 
     map_chunks(jobs, workspace, one_chunk, f"assign ({policy})", progress)

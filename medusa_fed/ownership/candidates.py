@@ -177,6 +177,12 @@ def chunk_generator(seed: int, name: str, chunk: int, salt: str = "") -> torch.G
     return torch.Generator().manual_seed(int.from_bytes(h.digest(), "little") >> 1)
 
 
+def stream_key(seed: int, name: str, salt: str = "") -> int:
+    """The 64-bit key of a counter-based random stream of (seed, tensor name, salt) only."""
+    h = hashlib.blake2b(f"{seed}\x00{name}\x00{salt}".encode(), digest_size=8)
+    return int.from_bytes(h.digest(), "little")
+
+
 def build_candidates(
     probes: Mapping[str, Mapping[str, SparseDelta]],
     shapes: Mapping[str, tuple[int, ...]],

@@ -8,10 +8,84 @@ assignment, whole-row passes only, and only ops torch vectorises.
 
 from __future__ import annotations
 
+import ctypes
+from typing import TYPE_CHECKING
+
 import torch
 
 from medusa_fed.ownership.candidates import CHUNK
 from medusa_fed.ownership.ownership_map import NO_OWNER
+
+if TYPE_CHECKING:
+    from medusa_fed.ownership.candidates import Candidates
+
+_M32 = 0xFFFFFFFF
+
+
+def _mix32(x: torch.Tensor) -> torch.Tensor:
+    """Wellons' lowbias32 on int64 tensors holding uint32 values (the products wrap in int64;
+    their low 32 bits are exact)."""
+    x = x ^ (x >> 16)
+    x = (x * 0x7FEB352D) & _M32
+    x = x ^ (x >> 15)
+    x = (x * 0x846CA68B) & _M32
+    return x ^ (x >> 16)
+
+
+def counter_uniforms(key: int, start: int, n: int, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Float32 uniforms in [0, 1) of elements ``start .. start + n`` of stream ``key`` (64-bit):
+    two rounds of a 32-bit integer hash over (offset, key), top 24 bits. An element's uniform
+    depends on (key, its offset) only, not on how the tensor is chunked; bit for bit
+    ``medusa_uniforms`` of :mod:`medusa_fed.native` (this is its torch twin)."""
+    idx = torch.arange(start, start + n, dtype=torch.int64)
+    h = _mix32((idx & _M32) ^ (key & _M32))
+    h = _mix32(h ^ (idx >> 32) ^ (key >> 32))
+    u = (h >> 8).to(torch.float32).mul_(2.0**-24)
+    return u if out is None else out.copy_(u)
+
+
+def native_owners(
+    lib: ctypes.CDLL,
+    cands: Candidates,
+    name: str,
+    start: int,
+    end: int,
+    key: int,
+    policy: str,
+    unselected: str,
+    out: torch.Tensor,
+) -> None:
+    """Owners of elements ``[start, end)`` of tensor ``name`` into ``out`` (uint8, contiguous) by
+    the fused C kernel: candidate weights, direction rule and policy in one pass over the probe
+    entries, uniforms from :func:`counter_uniforms`' stream; bit for bit what
+    :meth:`Candidates.weights` + :meth:`ChunkKernel.owners` give."""
+    teams = cands.teams + cands.uncontrolled
+    pos = cands.spans(name, [start, end])
+    keep: list[torch.Tensor] = []  # what the pointers point into lives until the call returns
+    idx, val, cnt = [0] * len(teams), [0] * len(teams), [0] * len(teams)  # none: NULL, 0
+    for t, team in enumerate(teams):
+        d = cands.probes[team].get(name)
+        lo, hi = pos[team]
+        if d is not None and hi > lo:
+            ind = d.indices[lo:hi].contiguous()
+            v = d.values[lo:hi].to(torch.float32).contiguous()  # no copy when already so
+            keep += [ind, v]
+            idx[t], val[t], cnt[t] = ind.data_ptr(), v.data_ptr(), hi - lo
+    k = len(cands.teams)
+    ptrs = ctypes.c_void_p * max(len(teams), 1)
+    counts = ctypes.c_int64 * max(len(teams), 1)
+    ip, vp, cp = ptrs(*idx), ptrs(*val), counts(*cnt)
+    size = ctypes.sizeof(ctypes.c_void_p)
+    rc = lib.medusa_assign(
+        k, len(teams) - k,
+        ip, vp, cp,
+        ctypes.addressof(ip) + k * size, ctypes.addressof(vp) + k * size,
+        ctypes.addressof(cp) + k * ctypes.sizeof(ctypes.c_int64),
+        start, end - start, key, 1 if policy == "argmax" else 0,
+        0 if unselected == "random" else 1, out.data_ptr(),
+    )  # fmt: skip
+    if rc != 0:
+        raise MemoryError(f"native assignment of {name}: no memory for its block buffers")
 
 
 class ChunkKernel:
