@@ -26,6 +26,7 @@ import torch
 from tqdm.auto import tqdm
 
 from medusa_fed.errors import MergeError
+from medusa_fed.merging import fused
 from medusa_fed.merging.methods import baseline_delta, medusa_delta
 from medusa_fed.merging.report import TensorReport, summarize
 from medusa_fed.merging.spec import OWNERSHIP_METHODS, MergeSpec
@@ -160,9 +161,14 @@ def merge_tensor_with_report(
     else:
         acc, report = baseline_delta(name, pairs, base, spec, n)
     del pairs
-    acc.add_(base.detach().to(torch.float32))  # acc + base == base + acc, bit for bit
-    merged = acc.to(base.dtype)
-    changed = int(torch.count_nonzero(merged != base))
+    plain = base.detach()
+    if plain.dtype == torch.float32:  # acc + base == base + acc, bit for bit
+        changed = fused.add_changed_(acc, plain)
+        merged = acc
+    else:
+        acc.add_(plain.to(torch.float32))
+        merged = acc.to(base.dtype)
+        changed = int(torch.count_nonzero(merged != base))
     return merged, replace(report, changed=changed)
 
 

@@ -34,6 +34,7 @@ from typing import Any
 import torch
 
 from medusa_fed.errors import MergeError
+from medusa_fed.merging import fused
 from medusa_fed.merging.election import disjoint_mean, elect_sign
 from medusa_fed.merging.report import TensorReport
 from medusa_fed.merging.sparsify import (
@@ -108,24 +109,26 @@ def _disjoint_sum(
     zeros is exact), so the sum has as many nonzeros as the branches together; fewer means two
     branches changed one element (a broken ownership map). One finiteness check of the sum covers
     every branch (a NaN/Inf term makes the sum non-finite); only then is each branch checked, to
-    name it. Two passes per branch (count, add) and the sum accumulates in the first branch's
-    tensor when that one was read for this merge.
+    name it. One pass per branch (count and add, :mod:`medusa_fed.merging.fused`), one over the
+    sum (its nonzeros and finiteness), and the sum accumulates in the first branch's tensor when
+    that one was read for this merge.
     """
     acc: torch.Tensor | None = None
     touched: dict[str, int] = {}
     for i in range(len(deltas)):
         branch, d, owned = _fetch(deltas, i, check=False)
-        touched[branch] = _nonzeros(d)
         if acc is None:
+            touched[branch] = fused.count_nonzero(d)
             acc = d if owned else d.clone()
         else:
-            acc.add_(d)  # the plain sum, in sorted branch order
+            touched[branch] = fused.add_count_(acc, d)  # the plain sum, in sorted branch order
         del d  # a lazy branch holds one delta at a time
     if acc is None:
         acc = torch.zeros(like.shape, dtype=torch.float32, device=like.device)
-    if not bool(torch.isfinite(acc.sum())) and hasattr(deltas, "check_finite"):
+    nonzeros, finite = fused.count_nonzero_finite(acc)
+    if not finite and hasattr(deltas, "check_finite"):
         deltas.check_finite()  # type: ignore[attr-defined]  # names a NaN/Inf branch, if any
-    if sum(touched.values()) != _nonzeros(acc):
+    if sum(touched.values()) != nonzeros:
         _find_overlap(name, deltas, like)  # some two branches overlap: name them
     if scale != 1.0:
         acc.mul_(scale)
@@ -133,10 +136,8 @@ def _disjoint_sum(
 
 
 def _nonzeros(t: torch.Tensor) -> int:
-    """Nonzero entries of a float tensor, counted on a bool copy: ``count_nonzero`` on the floats
-    branches per element (~6 ns each where zeros and nonzeros mix, as in an owned delta; 2.2 on
-    bool, measured on 16M fp32 elements, one thread)."""
-    return int(torch.count_nonzero(t != 0))
+    """Nonzero entries of a float tensor (:func:`medusa_fed.merging.fused.count_nonzero`)."""
+    return fused.count_nonzero(t)
 
 
 def _names(deltas: Branches) -> list[tuple[str, None]]:
@@ -242,6 +243,10 @@ def baseline_delta(
     """
     info = spec.info
     ties = info.combine == "ties"
+    if ties and info.sparsify == "magnitude" and like.device.type == "cpu":
+        lib = fused.native_for(torch.empty(0))
+        if lib is not None:
+            return _ties_native(lib, deltas, like, spec)
     f32: dict[str, Any] = {"dtype": torch.float32, "device": like.device}
     scratch = torch.empty(like.shape, **f32)
     touch = torch.zeros(like.shape, **f32)  # raw deltas: branches per element
@@ -292,3 +297,33 @@ def baseline_delta(
         acc.mul_(spec.scale)
     report = TensorReport(like.numel(), touched, kept, overlap, elected, discarded)
     return acc, report
+
+
+def _ties_native(
+    lib: Any, deltas: Branches, like: torch.Tensor, spec: MergeSpec
+) -> tuple[torch.Tensor, TensorReport]:
+    """TIES with the magnitude trim in the C kernels of :mod:`medusa_fed.merging.fused`: per
+    branch two histogram passes for the cut and one fused pass (counts, trim, sum), then per
+    branch one fused pass of the disjoint mean and one final pass; the same values and counts
+    as :func:`baseline_delta`'s torch passes (each a whole-tensor op and temporary)."""
+    f32: dict[str, Any] = {"dtype": torch.float32, "device": like.device}
+    touch, kept_touch, acc = (torch.zeros(like.shape, **f32) for _ in range(3))
+    touched: dict[str, int] = {}
+    kept: dict[str, int] = {}
+    cuts = []
+    for i in range(len(deltas)):
+        branch, d, _ = _fetch(deltas, i)
+        d = d.contiguous()
+        cut = fused.magnitude_cut(lib, d, spec.density)
+        touched[branch], kept[branch] = fused.ties_pass1(lib, d, cut, touch, kept_touch, acc)
+        cuts.append(cut)
+        del d  # a lazy branch holds one delta at a time
+    count, total = torch.zeros(like.shape, **f32), torch.zeros(like.shape, **f32)
+    for i, cut in enumerate(cuts):
+        _, d, _ = _fetch(deltas, i)
+        fused.ties_pass2(lib, d.contiguous(), cut, acc, count, total)
+        del d
+    overlap, elected, discarded = fused.ties_final(
+        lib, acc, count, touch, kept_touch, total, spec.scale
+    )
+    return total, TensorReport(like.numel(), touched, kept, overlap, elected, discarded)

@@ -113,7 +113,22 @@ def library() -> ctypes.CDLL | None:
     lib.medusa_uniforms.restype = None
     lib.medusa_assign.argtypes = [
         ctypes.c_int32, ctypes.c_int32, _P, _P, _P, _P, _P, _P, _I64, _I64,
-        ctypes.c_uint64, ctypes.c_int32, ctypes.c_int32, _P,
+        ctypes.c_uint64, ctypes.c_int32, ctypes.c_int32, _P, _P,
     ]  # fmt: skip
     lib.medusa_assign.restype = ctypes.c_int
+    for fn in ("medusa_count", "medusa_add_count", "medusa_add_changed"):
+        getattr(lib, fn).restype = _I64
+    lib.medusa_count.argtypes = [_P, _I64]
+    lib.medusa_add_count.argtypes = [_P, _P, _I64]
+    lib.medusa_add_changed.argtypes = [_P, _P, _I64]
+    lib.medusa_count_finite.argtypes = [_P, _I64, _P]
+    lib.medusa_count_finite.restype = None
+    f32, i32 = ctypes.c_float, ctypes.c_int32
+    lib.medusa_hist_high.argtypes = [_P, _I64, _P]
+    lib.medusa_hist_low.argtypes = [_P, _I64, ctypes.c_uint32, _P]
+    lib.medusa_ties_pass1.argtypes = [_P, _I64, i32, f32, _I64, _P, _P, _P, _P]
+    lib.medusa_ties_pass2.argtypes = [_P, _I64, i32, f32, _I64, _P, _P, _P]
+    lib.medusa_ties_final.argtypes = [_P, _P, _P, _P, _P, _I64, f32, _P]
+    for fn in ("hist_high", "hist_low", "ties_pass1", "ties_pass2", "ties_final"):
+        getattr(lib, "medusa_" + fn).restype = None
     return lib

@@ -46,12 +46,13 @@ static inline int sgn(float x) { return (x > 0.0f) - (x < 0.0f); }
  * (invert the cumulative weights, summed in double with each prefix rounded to float32, at
  * min(u * total, the float below total)), 1 = argmax (strictly greater wins: ties keep the
  * lowest team). unselected 0 = random (trunc(min(u * k, k - 1))), 1 = frozen (NO_OWNER).
- * u = uniform(key, element offset). Each block runs as whole-block passes that the compiler
- * vectorises. Returns 0, or -1 when memory for the block buffers could not be had. */
+ * u = uniform(key, element offset), or u_in[j] for element start + j when u_in is not NULL (the
+ * tests' hand-picked draws). Each block runs as whole-block passes that the compiler vectorises.
+ * Returns 0, or -1 when memory for the block buffers could not be had. */
 int medusa_assign(int32_t k, int32_t m, const int64_t *const *cidx, const float *const *cval,
                   const int64_t *ccount, const int64_t *const *uidx, const float *const *uval,
                   const int64_t *ucount, int64_t start, int64_t n, uint64_t key, int32_t policy,
-                  int32_t unselected, uint8_t *out) {
+                  int32_t unselected, uint8_t *out, const float *u_in) {
     const size_t kk = (size_t)k;
     float *w = malloc(sizeof(float) * (kk + 3) * BLK); /* k weight rows, u, acc, best / x */
     double *a = malloc(sizeof(double) * BLK);
@@ -92,7 +93,9 @@ int medusa_assign(int32_t k, int32_t m, const int64_t *const *cidx, const float 
             }
             cur[i] = c;
         }
-        if (draw)
+        if (draw && u_in)
+            memcpy(u, u_in + b0, sizeof(float) * (size_t)bw);
+        else if (draw)
             for (int64_t j = 0; j < bw; j++) u[j] = uniform(key, (uint64_t)(lo + j));
         const float *restrict w0 = w;
         if (policy == 1) { /* argmax; best[j] > 0 marks a candidate */
@@ -149,4 +152,139 @@ int medusa_assign(int32_t k, int32_t m, const int64_t *const *cidx, const float 
     }
     free(w), free(a), free(own_buf), free(cur);
     return 0;
+}
+
+/* ---- merge: fused per-element passes of medusa's disjoint sum (medusa_fed.merging.fused) ---- */
+
+/* the nonzeros of d */
+int64_t medusa_count(const float *restrict d, int64_t n) {
+    int64_t nz = 0;
+    for (int64_t j = 0; j < n; j++) nz += d[j] != 0.0f;
+    return nz;
+}
+
+/* acc += d (fp32, element by element); returns the nonzeros of d */
+int64_t medusa_add_count(float *restrict acc, const float *restrict d, int64_t n) {
+    int64_t nz = 0;
+    for (int64_t j = 0; j < n; j++) {
+        nz += d[j] != 0.0f;
+        acc[j] += d[j];
+    }
+    return nz;
+}
+
+/* out[0] = the nonzeros of a, out[1] = its inf / NaN entries */
+void medusa_count_finite(const float *restrict a, int64_t n, int64_t *out) {
+    int64_t nz = 0, bad = 0;
+    for (int64_t j = 0; j < n; j++) {
+        uint32_t bits;
+        memcpy(&bits, a + j, 4);
+        nz += a[j] != 0.0f;
+        bad += (bits & 0x7f800000U) == 0x7f800000U;
+    }
+    out[0] = nz, out[1] = bad;
+}
+
+/* a = a + base (fp32); returns how many of the sums differ from base (NaN counts as changed) */
+int64_t medusa_add_changed(float *restrict a, const float *restrict base, int64_t n) {
+    int64_t changed = 0;
+    for (int64_t j = 0; j < n; j++) {
+        const float m = a[j] + base[j];
+        a[j] = m;
+        changed += m != base[j];
+    }
+    return changed;
+}
+
+/* ---- merge: TIES with the magnitude trim, per branch in fused passes (merging.fused) ---- */
+
+static inline uint32_t abs_bits(float x) {
+    uint32_t b;
+    memcpy(&b, &x, 4);
+    return b & 0x7fffffffU;
+}
+
+/* hist[|d| bit pattern >> 16] += 1 (32,768 buckets: the sign bit is cleared) */
+void medusa_hist_high(const float *restrict d, int64_t n, int64_t *restrict hist) {
+    for (int64_t j = 0; j < n; j++) hist[abs_bits(d[j]) >> 16]++;
+}
+
+/* hist[low 16 bits] += 1 for the entries whose |d| pattern has the high 16 bits `high` */
+void medusa_hist_low(const float *restrict d, int64_t n, uint32_t high, int64_t *restrict hist) {
+    for (int64_t j = 0; j < n; j++) {
+        const uint32_t b = abs_bits(d[j]);
+        if ((b >> 16) == high) hist[b & 0xffffU]++;
+    }
+}
+
+/* The trimmed value: d where |d| > thr or (|d| == thr while ties are left, by position), else
+ * d * 0 (a signed zero, as torch's multiply by the keep mask); trim == 0 keeps d as it is. */
+static inline float trimmed(float v, int32_t trim, float thr, int64_t *ties) {
+    if (!trim) return v;
+    const float a = fabsf(v);
+    int keep = a > thr;
+    if (!keep && a == thr && *ties > 0) keep = 1, (*ties)--;
+    return v * (keep ? 1.0f : 0.0f);
+}
+
+/* Pass 1 of one branch: touch += (d != 0); x = trimmed(d); kept += (x != 0); acc += x.
+ * counts[0] += nonzeros of d, counts[1] += nonzeros of x. `ties`: tied entries still to keep
+ * (INT64_MAX: every entry equal to thr). */
+void medusa_ties_pass1(const float *restrict d, int64_t n, int32_t trim, float thr, int64_t ties,
+                       float *restrict touch, float *restrict kept, float *restrict acc,
+                       int64_t *counts) {
+    int64_t raw = 0, nz = 0;
+    if (!trim || ties == INT64_MAX) { /* no budget to track: a plain, vectorised pass */
+        for (int64_t j = 0; j < n; j++) {
+            const float v = d[j];
+            const float x = trim ? v * (fabsf(v) >= thr ? 1.0f : 0.0f) : v;
+            const float r = v != 0.0f, k = x != 0.0f;
+            raw += v != 0.0f, nz += x != 0.0f;
+            touch[j] += r, kept[j] += k, acc[j] += x;
+        }
+    } else {
+        for (int64_t j = 0; j < n; j++) {
+            const float v = d[j], x = trimmed(v, trim, thr, &ties);
+            raw += v != 0.0f, nz += x != 0.0f;
+            touch[j] += v != 0.0f, kept[j] += x != 0.0f, acc[j] += x;
+        }
+    }
+    counts[0] += raw, counts[1] += nz;
+}
+
+/* Pass 2 of one branch: x = trimmed(d) * s, s = +1 where acc >= 0 else -1 (the elected sign);
+ * count += (x > 0); total += max(x, 0). */
+void medusa_ties_pass2(const float *restrict d, int64_t n, int32_t trim, float thr, int64_t ties,
+                       const float *restrict acc, float *restrict count, float *restrict total) {
+    if (!trim || ties == INT64_MAX) {
+        for (int64_t j = 0; j < n; j++) {
+            const float v = d[j];
+            const float x = (trim ? v * (fabsf(v) >= thr ? 1.0f : 0.0f) : v) *
+                            (acc[j] >= 0.0f ? 1.0f : -1.0f);
+            count[j] += x > 0.0f ? 1.0f : 0.0f;
+            total[j] += x > 0.0f ? x : 0.0f;
+        }
+    } else {
+        for (int64_t j = 0; j < n; j++) {
+            const float x = trimmed(d[j], trim, thr, &ties) * (acc[j] >= 0.0f ? 1.0f : -1.0f);
+            count[j] += x > 0.0f ? 1.0f : 0.0f;
+            total[j] += x > 0.0f ? x : 0.0f;
+        }
+    }
+}
+
+/* The disjoint mean, in place in total: total * s / max(count, 1), then * scale unless 1.
+ * counts[0] += elements with touch > 1 (overlap), [1] += kept > 1 (elected), [2] += count < kept
+ * (discarded). */
+void medusa_ties_final(const float *restrict acc, const float *restrict count,
+                       const float *restrict touch, const float *restrict kept,
+                       float *restrict total, int64_t n, float scale, int64_t *counts) {
+    int64_t overlap = 0, elected = 0, discarded = 0;
+    for (int64_t j = 0; j < n; j++) {
+        float m = total[j] * (acc[j] >= 0.0f ? 1.0f : -1.0f);
+        m = m / (count[j] > 1.0f ? count[j] : 1.0f);
+        total[j] = scale != 1.0f ? m * scale : m;
+        overlap += touch[j] > 1.0f, elected += kept[j] > 1.0f, discarded += count[j] < kept[j];
+    }
+    counts[0] += overlap, counts[1] += elected, counts[2] += discarded;
 }

@@ -54,11 +54,13 @@ def native_owners(
     policy: str,
     unselected: str,
     out: torch.Tensor,
+    u: torch.Tensor | None = None,
 ) -> None:
     """Owners of elements ``[start, end)`` of tensor ``name`` into ``out`` (uint8, contiguous) by
     the fused C kernel: candidate weights, direction rule and policy in one pass over the probe
-    entries, uniforms from :func:`counter_uniforms`' stream; bit for bit what
-    :meth:`Candidates.weights` + :meth:`ChunkKernel.owners` give."""
+    entries, uniforms from :func:`counter_uniforms`' stream (or ``u``, fp32 contiguous, one per
+    element: hand-picked draws); bit for bit what :meth:`Candidates.weights` +
+    :meth:`ChunkKernel.owners` give."""
     teams = cands.teams + cands.uncontrolled
     pos = cands.spans(name, [start, end])
     keep: list[torch.Tensor] = []  # what the pointers point into lives until the call returns
@@ -82,7 +84,7 @@ def native_owners(
         ctypes.addressof(ip) + k * size, ctypes.addressof(vp) + k * size,
         ctypes.addressof(cp) + k * ctypes.sizeof(ctypes.c_int64),
         start, end - start, key, 1 if policy == "argmax" else 0,
-        0 if unselected == "random" else 1, out.data_ptr(),
+        0 if unselected == "random" else 1, out.data_ptr(), 0 if u is None else u.data_ptr(),
     )  # fmt: skip
     if rc != 0:
         raise MemoryError(f"native assignment of {name}: no memory for its block buffers")

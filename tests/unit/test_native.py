@@ -142,3 +142,141 @@ def test_the_library_is_built_once_into_the_cache(fresh_library):
     native.library.cache_clear()
     assert native.library() is not None  # a new process: loaded, not rebuilt
     assert [p.stat().st_mtime_ns for p in fresh_library.iterdir()] == [stamp]
+
+
+# ---- the merge's fused passes: the same values, counts and errors as the torch ops ----
+
+
+def _special(n: int, seed: int) -> torch.Tensor:
+    """fp32 values with zeros of both signs, a few magnitudes (ties) and wide ranges."""
+    g = torch.Generator().manual_seed(seed)
+    t = torch.randn(n, generator=g) * 10.0 ** torch.randint(-4, 5, (n,), generator=g).float()
+    t[torch.rand(n, generator=g) < 0.4] = 0.0
+    t[torch.rand(n, generator=g) < 0.1] = -0.0
+    q = torch.rand(n, generator=g) < 0.3
+    t[q] = (t[q] * 2).round() / 2
+    return t
+
+
+@pytest.fixture(params=["one piece", "threads"])
+def pieces(request, monkeypatch):
+    """Each fused op whole, and split over two threads in uneven pieces."""
+    from medusa_fed.merging import fused
+
+    if request.param == "threads":
+        monkeypatch.setattr(fused, "PARALLEL_MIN", 1000)
+        monkeypatch.setattr(torch, "get_num_threads", lambda: 3)
+    return request.param
+
+
+@pytest.mark.skipif(not HAS_CC, reason="no C compiler")
+def test_fused_counts_and_adds_are_the_torch_ops(pieces, monkeypatch):
+    from medusa_fed.merging import fused
+
+    a, b = _special(10_007, 1), _special(10_007, 2)
+    b[5], b[6] = float("inf"), float("nan")
+    for run_native in (True, False):
+        with monkeypatch.context() as mp:
+            if not run_native:
+                mp.setattr(native, "library", lambda: None)
+            acc = a.clone()
+            got = (
+                fused.count_nonzero(b),
+                fused.add_count_(acc, b),
+                fused.count_nonzero_finite(a),
+                fused.count_nonzero_finite(acc),
+            )
+            base = _special(10_007, 3)
+            changed = fused.add_changed_(acc, base)
+        want_acc = a + b
+        assert got == (
+            int((b != 0).sum()),
+            int((b != 0).sum()),
+            (int((a != 0).sum()), True),
+            (int((want_acc != 0).sum()), False),
+        )
+        merged = want_acc + base
+        assert torch.equal(acc.view(torch.int32), merged.view(torch.int32))  # bits, NaN included
+        assert changed == int((merged != base).sum())
+
+
+def _ties_case(seed: int, k: int, n: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    base = _special(n, 100 + seed)
+    deltas = {f"b{i}": _special(n, 10 * seed + i) for i in range(k)}
+    if seed == 1:  # seven magnitudes: every cut falls inside a tie
+        g = torch.Generator().manual_seed(seed)
+        deltas = {b: torch.randint(-7, 8, (n,), generator=g).float() / 2 for b in deltas}
+    return base, deltas
+
+
+@pytest.mark.skipif(not HAS_CC, reason="no C compiler")
+@pytest.mark.parametrize(
+    "density,scale", [(0.2, 1.0), (0.37, 0.7), (1.0, 1.0), (0.05, 2.0), (0.9, 1.0)]
+)
+def test_native_ties_is_the_torch_ties(density, scale, pieces, monkeypatch):
+    from medusa_fed.merging import MergeSpec
+    from medusa_fed.merging.merge import merge_tensor_with_report
+    from medusa_fed.merging.sparsify import magnitude_cut
+
+    spec = MergeSpec("ties", density=density, scale=scale)
+    budget_path = False
+    for seed, k in ((0, 1), (1, 3), (2, 4)):
+        base, deltas = _ties_case(seed, k, 20_011)
+        if seed == 2:
+            deltas["b3"] = torch.zeros(20_011)  # an all-zero branch: a zero threshold
+        cut = magnitude_cut(deltas["b0"], density)
+        budget_path |= cut is not None and not cut.keeps_whole_tie
+        fast, fast_report = merge_tensor_with_report("w", base, deltas, spec)
+        with monkeypatch.context() as mp:
+            mp.setattr(native, "library", lambda: None)
+            slow, slow_report = merge_tensor_with_report("w", base, deltas, spec)
+        assert torch.equal(fast.view(torch.int32), slow.view(torch.int32)), (seed, k)
+        assert fast_report == slow_report
+    if density in (0.2, 0.37):  # quantised deltas: the cut falls inside a tie, kept by position
+        assert budget_path
+
+
+@pytest.mark.skipif(not HAS_CC, reason="no C compiler")
+def test_native_medusa_merge_keeps_the_torch_errors(monkeypatch):
+    from medusa_fed.errors import MergeError
+    from medusa_fed.merging import MergeSpec
+    from medusa_fed.merging.merge import merge_tensor
+
+    base = torch.zeros(100)
+    clash = {"a": torch.ones(100), "b": torch.cat([torch.zeros(99), torch.ones(1)])}
+    bad = {"a": torch.cat([torch.zeros(99), torch.tensor([float("nan")])]), "b": torch.zeros(100)}
+    for deltas in (clash, bad):
+        messages = []
+        for run_native in (True, False):
+            with monkeypatch.context() as mp:
+                if not run_native:
+                    mp.setattr(native, "library", lambda: None)
+                with pytest.raises(MergeError) as err:
+                    merge_tensor("w", base, deltas, MergeSpec("medusa"))
+                messages.append(str(err.value))
+        assert messages[0] == messages[1]
+
+
+@pytest.mark.skipif(not HAS_CC, reason="no C compiler")
+@pytest.mark.parametrize("k,m", [(1, 0), (2, 0), (4, 1), (9, 2)])
+def test_native_owners_at_hand_picked_draws_are_the_torch_kernels(k, m):
+    """Draws at the edges (0, the largest below 1) and where u * total lands exactly on a
+    cumulative weight (few magnitudes): the C kernel and ChunkKernel agree element by element."""
+    from medusa_fed.ownership.candidates import build_candidates
+    from medusa_fed.ownership.kernels import ChunkKernel, native_owners
+
+    lib = native.library()
+    assert lib is not None
+    n = 9_000  # crosses the C kernel's 4096-column blocks
+    probes, controlled = _probes(k, m, {"w": (n,)}, seed=k)
+    cands = build_candidates(probes, {"w": (n,)}, controlled)
+    g = torch.Generator().manual_seed(k)
+    u = torch.tensor([0.0, 0.25, 0.5, 0.75, 1 - 2**-24])[torch.randint(0, 5, (n,), generator=g)]
+    u[::3] = torch.rand(len(u[::3]), generator=g)
+    w = cands.weights("w", 0, n)
+    for policy in ("proportional", "argmax"):
+        for unselected in ("random", "frozen"):
+            want = ChunkKernel(k, n).owners(w, u, policy, unselected)
+            got = torch.empty(n, dtype=torch.uint8)
+            native_owners(lib, cands, "w", 0, n, 0, policy, unselected, got, u=u)
+            assert torch.equal(got, want), (policy, unselected)
