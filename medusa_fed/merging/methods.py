@@ -244,7 +244,7 @@ def baseline_delta(
     info = spec.info
     ties = info.combine == "ties"
     if ties and info.sparsify == "magnitude" and like.device.type == "cpu":
-        lib = fused.native_for(torch.empty(0))
+        lib = fused.native_for()  # the kernels, if built (each delta is checked as it comes)
         if lib is not None:
             return _ties_native(lib, deltas, like, spec)
     f32: dict[str, Any] = {"dtype": torch.float32, "device": like.device}
@@ -313,7 +313,7 @@ def _ties_native(
     cuts = []
     for i in range(len(deltas)):
         branch, d, _ = _fetch(deltas, i)
-        d = d.contiguous()
+        d = d.to(torch.float32).contiguous()  # no copy when it already is
         cut = fused.magnitude_cut(lib, d, spec.density)
         touched[branch], kept[branch] = fused.ties_pass1(lib, d, cut, touch, kept_touch, acc)
         cuts.append(cut)
@@ -321,7 +321,7 @@ def _ties_native(
     count, total = torch.zeros(like.shape, **f32), torch.zeros(like.shape, **f32)
     for i, cut in enumerate(cuts):
         _, d, _ = _fetch(deltas, i)
-        fused.ties_pass2(lib, d.contiguous(), cut, acc, count, total)
+        fused.ties_pass2(lib, d.to(torch.float32).contiguous(), cut, acc, count, total)
         del d
     overlap, elected, discarded = fused.ties_final(
         lib, acc, count, touch, kept_touch, total, spec.scale
