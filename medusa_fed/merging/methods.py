@@ -135,11 +135,6 @@ def _disjoint_sum(
     return acc, TensorReport(like.numel(), touched, dict(touched), 0, 0, 0)
 
 
-def _nonzeros(t: torch.Tensor) -> int:
-    """Nonzero entries of a float tensor (:func:`medusa_fed.merging.fused.count_nonzero`)."""
-    return fused.count_nonzero(t)
-
-
 def _names(deltas: Branches) -> list[tuple[str, None]]:
     """The branch names of ``deltas`` without fetching a lazy branch's tensor."""
     names = getattr(deltas, "branches", None)
