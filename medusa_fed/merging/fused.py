@@ -31,6 +31,10 @@ def native_for(*tensors: torch.Tensor) -> ctypes.CDLL | None:
 
 
 def _lib(*tensors: torch.Tensor) -> ctypes.CDLL | None:
+    if len({t.numel() for t in tensors}) > 1:  # the C loops index every tensor alike
+        raise ValueError(
+            f"fused: expected tensors of one size, found {[t.numel() for t in tensors]}"
+        )
     if any(t.device.type != "cpu" or t.dtype != torch.float32 or not t.is_contiguous()
            for t in tensors):  # fmt: skip
         return None
@@ -155,6 +159,7 @@ def ties_pass1(
 ) -> tuple[int, int]:
     """``touch += (d != 0)``, ``x = trim(d)``, ``kept += (x != 0)``, ``acc += x`` in one pass;
     returns the nonzeros of ``d`` and of ``x``."""
+    _lib(d, touch, kept, acc)  # one size
     trim, thr, ties = _trim(cut)
 
     def run(s: int, c: int) -> tuple[int, int]:
@@ -178,6 +183,7 @@ def ties_pass2(
 ) -> None:
     """``x = trim(d) * sign`` (sign +1 where ``acc >= 0``, else -1), ``count += (x > 0)``,
     ``total += max(x, 0)`` in one pass."""
+    _lib(d, acc, count, total)  # one size
     trim, thr, ties = _trim(cut)
 
     def run(s: int, c: int) -> None:
@@ -197,6 +203,7 @@ def ties_final(
 ) -> tuple[int, int, int]:
     """``total = total * sign / max(count, 1) * scale`` in place; returns the elements with
     ``touch > 1`` (overlap), ``kept > 1`` (elected) and ``count < kept`` (discarded)."""
+    _lib(acc, count, touch, kept, total)  # one size
 
     def run(s: int, c: int) -> tuple[int, int, int]:
         out = (ctypes.c_int64 * 3)()

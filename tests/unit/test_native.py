@@ -280,3 +280,12 @@ def test_native_owners_at_hand_picked_draws_are_the_torch_kernels(k, m):
             got = torch.empty(n, dtype=torch.uint8)
             native_owners(lib, cands, "w", 0, n, 0, policy, unselected, got, u=u)
             assert torch.equal(got, want), (policy, unselected)
+
+
+def test_fused_ops_refuse_tensors_of_different_sizes():
+    from medusa_fed.merging import fused
+
+    with pytest.raises(ValueError, match="one size"):
+        fused.add_count_(torch.zeros(10), torch.zeros(11))
+    with pytest.raises(ValueError, match="one size"):
+        fused.add_changed_(torch.zeros(10), torch.zeros(9))
