@@ -25,16 +25,18 @@ PARALLEL_MIN = 1 << 21  # elements: below this one thread does the whole tensor
 _pools: dict[int, ThreadPoolExecutor] = {}
 
 
-def native_for(*tensors: torch.Tensor) -> ctypes.CDLL | None:
-    """The C kernels when they are built and every tensor is a contiguous fp32 CPU tensor."""
-    return _lib(*tensors)
-
-
-def _lib(*tensors: torch.Tensor) -> ctypes.CDLL | None:
-    if len({t.numel() for t in tensors}) > 1:  # the C loops index every tensor alike
+def _one_size(*tensors: torch.Tensor) -> None:
+    """The C loops index every tensor alike: refuse tensors of different sizes."""
+    if len({t.numel() for t in tensors}) > 1:
         raise ValueError(
             f"fused: expected tensors of one size, found {[t.numel() for t in tensors]}"
         )
+
+
+def native_for(*tensors: torch.Tensor) -> ctypes.CDLL | None:
+    """The C kernels when they are built and every tensor is a contiguous fp32 CPU tensor (of
+    one size: a ValueError otherwise)."""
+    _one_size(*tensors)
     if any(t.device.type != "cpu" or t.dtype != torch.float32 or not t.is_contiguous()
            for t in tensors):  # fmt: skip
         return None
@@ -56,7 +58,7 @@ def _split(n: int, run: Callable[[int, int], T]) -> list[T]:
 def count_nonzero(t: torch.Tensor) -> int:
     """Nonzero entries of ``t`` (on a bool copy in torch: ``count_nonzero`` on floats that mix
     zeros and nonzeros branches per element, 6 ns vs 2.2)."""
-    lib = _lib(t)
+    lib = native_for(t)
     if lib is None:
         return int(torch.count_nonzero(t != 0))
     p = t.data_ptr()
@@ -65,7 +67,7 @@ def count_nonzero(t: torch.Tensor) -> int:
 
 def add_count_(acc: torch.Tensor, d: torch.Tensor) -> int:
     """``acc += d`` in place; returns the nonzeros of ``d``."""
-    lib = _lib(acc, d)
+    lib = native_for(acc, d)
     if lib is None:
         nz = int(torch.count_nonzero(d != 0))
         acc.add_(d)
@@ -78,7 +80,7 @@ def add_count_(acc: torch.Tensor, d: torch.Tensor) -> int:
 
 def count_nonzero_finite(t: torch.Tensor) -> tuple[int, bool]:
     """``(nonzeros of t, whether every entry is finite)``."""
-    lib = _lib(t)
+    lib = native_for(t)
     if lib is None:
         return int(torch.count_nonzero(t != 0)), bool(torch.isfinite(t).all())
     p = t.data_ptr()
@@ -95,7 +97,7 @@ def count_nonzero_finite(t: torch.Tensor) -> tuple[int, bool]:
 def add_changed_(acc: torch.Tensor, base: torch.Tensor) -> int:
     """``acc += base`` in place; returns how many entries of the sum differ from ``base`` (a NaN
     counts as changed), i.e. ``count_nonzero(acc + base != base)``."""
-    lib = _lib(acc, base)
+    lib = native_for(acc, base)
     if lib is None:
         acc.add_(base)
         return int(torch.count_nonzero(acc != base))
@@ -159,7 +161,7 @@ def ties_pass1(
 ) -> tuple[int, int]:
     """``touch += (d != 0)``, ``x = trim(d)``, ``kept += (x != 0)``, ``acc += x`` in one pass;
     returns the nonzeros of ``d`` and of ``x``."""
-    _lib(d, touch, kept, acc)  # one size
+    _one_size(d, touch, kept, acc)
     trim, thr, ties = _trim(cut)
 
     def run(s: int, c: int) -> tuple[int, int]:
@@ -183,7 +185,7 @@ def ties_pass2(
 ) -> None:
     """``x = trim(d) * sign`` (sign +1 where ``acc >= 0``, else -1), ``count += (x > 0)``,
     ``total += max(x, 0)`` in one pass."""
-    _lib(d, acc, count, total)  # one size
+    _one_size(d, acc, count, total)
     trim, thr, ties = _trim(cut)
 
     def run(s: int, c: int) -> None:
@@ -203,7 +205,7 @@ def ties_final(
 ) -> tuple[int, int, int]:
     """``total = total * sign / max(count, 1) * scale`` in place; returns the elements with
     ``touch > 1`` (overlap), ``kept > 1`` (elected) and ``count < kept`` (discarded)."""
-    _lib(acc, count, touch, kept, total)  # one size
+    _one_size(acc, count, touch, kept, total)
 
     def run(s: int, c: int) -> tuple[int, int, int]:
         out = (ctypes.c_int64 * 3)()

@@ -30,7 +30,7 @@ J = TypeVar("J")
 S = TypeVar("S")
 R = TypeVar("R")
 
-CHUNK: int = 1 << 22  # elements per streamed chunk (fixed: the random stream depends on it)
+CHUNK: int = 1 << 22  # elements per streamed chunk (fixed: balanced's random streams depend on it)
 # columns per block of a chunk: any value gives the same owners (every kernel is per column).
 # 65536 keeps a block's rows near L2 while the per-op Python cost stays small (measured on 2
 # cores, 32.8M elements, k = 4: 16384 / 32767 / 65536 / 262144 columns took 1.9 / 1.5 / 1.1 /
@@ -171,16 +171,20 @@ def map_chunks(
         bar.close()
 
 
+def _key64(*parts: object) -> int:
+    """A 64-bit key from the parts (blake2b of their text, NUL-separated): stable everywhere."""
+    h = hashlib.blake2b("\x00".join(map(str, parts)).encode(), digest_size=8)
+    return int.from_bytes(h.digest(), "little")
+
+
 def chunk_generator(seed: int, name: str, chunk: int, salt: str = "") -> torch.Generator:
     """A CPU generator seeded from (seed, tensor name, chunk index, salt) only."""
-    h = hashlib.blake2b(f"{seed}\x00{name}\x00{chunk}\x00{salt}".encode(), digest_size=8)
-    return torch.Generator().manual_seed(int.from_bytes(h.digest(), "little") >> 1)
+    return torch.Generator().manual_seed(_key64(seed, name, chunk, salt) >> 1)
 
 
 def stream_key(seed: int, name: str, salt: str = "") -> int:
     """The 64-bit key of a counter-based random stream of (seed, tensor name, salt) only."""
-    h = hashlib.blake2b(f"{seed}\x00{name}\x00{salt}".encode(), digest_size=8)
-    return int.from_bytes(h.digest(), "little")
+    return _key64(seed, name, salt)
 
 
 def build_candidates(
